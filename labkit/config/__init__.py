@@ -1,0 +1,1 @@
+"""Config helpers: resolvers and validation."""

@@ -1,0 +1,60 @@
+"""Check a composed config before any data or model is built.
+
+Each rule names its key, the value found and what is allowed, so a typo costs one line of
+output and exit status 2 instead of a stack trace minutes into a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from labkit.engine.device import resolve_device
+from labkit.errors import ConfigError
+
+_MISSING = object()
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    def check(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    return check, f"an integer >= {low}"
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+
+
+# key -> (predicate, description of the allowed values); absent keys are skipped.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "trainer.epochs": _int_at_least(1),
+    "trainer.seed": _int_at_least(0),
+    "trainer.log_every_n_steps": _int_at_least(1),
+    "trainer.precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    "trainer.test_on": (lambda v: v in ("best", "last"), "best or last"),
+    "data.batch_size": _int_at_least(1),
+    "data.eval_batch_size": _int_at_least(1),
+    "data.val_size": _int_at_least(0),
+    "model.depth": _int_at_least(1),
+    "model.width": _int_at_least(1),
+    "model.dropout": (lambda v: isinstance(v, int | float) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.residual": (lambda v: isinstance(v, bool), "true or false"),
+    "model.norm": (lambda v: isinstance(v, bool), "true or false"),
+    "optimizer.lr": (_positive_number, "a number > 0"),
+}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` on the first value outside its allowed range."""
+    for key, (check, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if value is _MISSING:
+            continue
+        if not check(value):
+            raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
+    device = OmegaConf.select(cfg, "trainer.device", default=None)
+    if device is not None:
+        resolve_device(device)

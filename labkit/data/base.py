@@ -1,0 +1,115 @@
+"""Shared shape of every in-memory image dataset: load uint8 tensors, split, serve loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from labkit.data.loader import Augment, TensorLoader
+from labkit.errors import ConfigError
+
+
+@dataclass
+class RawSplits:
+    """The official train and test sets as uint8 ``[N, C, H, W]`` images and int64 labels."""
+
+    train_images: torch.Tensor
+    train_targets: torch.Tensor
+    test_images: torch.Tensor
+    test_targets: torch.Tensor
+
+
+class ImageDataModule:
+    """Base class: a subclass only implements :meth:`load_raw`.
+
+    The validation set is carved out of the official training set with a fixed seed
+    (``split_seed``), so every run of a study validates on the same images whatever its
+    training seed; the official test set is only used for the final evaluation.
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        root: str | Path,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        val_size: int = 5000,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        download: bool = False,
+        split_seed: int = 0,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.val_size = int(val_size)
+        self.mean = list(mean)
+        self.std = list(std)
+        self.num_classes = int(num_classes)
+        self.in_channels = int(in_channels)
+        self.image_size = int(image_size)
+        self.download = bool(download)
+        self.split_seed = int(split_seed)
+        self.drop_last = bool(drop_last)
+        self.augment = augment
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.device = torch.device("cpu")
+
+    def load_raw(self) -> RawSplits:
+        raise NotImplementedError
+
+    def setup(self, device: torch.device | str = "cpu") -> None:
+        """Decode the data once, split off validation, and move everything to ``device``."""
+        raw = self.load_raw()
+        n_train = len(raw.train_images)
+        if not 0 <= self.val_size < n_train:
+            raise ConfigError(
+                f"data.val_size={self.val_size} is invalid: the {self.name} training set has "
+                f"{n_train} images, so val_size must be in [0, {n_train - 1}]"
+            )
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(n_train, generator=generator)
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        self.device = torch.device(device)
+
+        def put(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return images.contiguous().to(self.device), targets.long().to(self.device)
+
+        self._splits = {
+            "train": put(raw.train_images[train_idx], raw.train_targets[train_idx]),
+            "val": put(raw.train_images[val_idx], raw.train_targets[val_idx]),
+            "test": put(raw.test_images, raw.test_targets),
+        }
+
+    def split_size(self, split: str) -> int:
+        return len(self._get(split)[0])
+
+    def _get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._splits is None:
+            raise RuntimeError("call setup() before asking for loaders")
+        return self._splits[split]
+
+    def loader(self, split: str, generator: torch.Generator | None = None) -> TensorLoader:
+        """A loader over ``split`` (train: shuffled, augmented; val/test: in order, plain)."""
+        images, targets = self._get(split)
+        train = split == "train"
+        return TensorLoader(
+            images,
+            targets,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            augment=self.augment if train else None,
+            generator=generator,
+        )

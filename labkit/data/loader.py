@@ -1,0 +1,91 @@
+"""Device-resident batch loader: uint8 images stay on the device, batches are normalised there."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+
+class Batch(NamedTuple):
+    """One batch: normalised float inputs, integer targets and the dataset indices they came from."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class TensorLoader:
+    """Iterate over an in-memory uint8 image tensor in (optionally shuffled) batches.
+
+    Each epoch draws one permutation on the device; a batch is gathered by indexing, augmented
+    as a whole (if an ``augment`` function is given) and normalised with one fused affine op.
+    There is no per-sample Python and no worker process, which is why it is fast.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"TensorLoader expects uint8 images, got {images.dtype}")
+        if len(images) != len(targets):
+            raise ValueError("images and targets differ in length")
+        self.images = images
+        self.targets = targets
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment
+        self.generator = generator
+        channels = images.shape[1]
+        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
+        std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device)
+        if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels):
+            raise ValueError(f"mean/std need 1 or {channels} values")
+        # (x / 255 - mean) / std  ==  x * scale + shift, one multiply-add per element.
+        shape = (1, -1) + (1,) * (images.dim() - 2)
+        self._scale = (1.0 / (255.0 * std_t)).reshape(shape)
+        self._shift = (-mean_t / std_t).reshape(shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        n = self.num_samples / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Turn a uint8 batch into the float inputs the model sees."""
+        return torch.addcmul(self._shift, images.to(torch.float32), self._scale)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = self.num_samples
+        if self.shuffle:
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images[index]
+            if self.augment is not None:
+                images = self.augment(images, self.generator)
+            yield Batch(self.normalise(images), self.targets[index], index)

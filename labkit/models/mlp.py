@@ -1,0 +1,96 @@
+"""FlexibleMLP: a stack of equal-width hidden blocks with optional skips and normalisation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from labkit.models.layers import make_activation, make_norm_1d
+
+
+class MLPBlock(nn.Module):
+    """One hidden layer: ``Linear -> [Norm] -> Activation -> [Dropout]``.
+
+    With ``residual=True`` the block returns ``x + f(x)``: the identity path lets gradients
+    reach early layers undiminished, which is the whole point of the depth studies. A skip
+    needs equal input and output widths, so the first (input) block never has one.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        residual: bool = False,
+        norm: bool = False,
+        norm_type: str = "batch",
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if residual and in_features != out_features:
+            raise ValueError("a residual block needs in_features == out_features")
+        self.residual = residual
+        self.linear = nn.Linear(in_features, out_features, bias=not norm or norm_type != "batch")
+        self.norm = make_norm_1d(norm_type, out_features) if norm else nn.Identity()
+        self.act = make_activation(activation)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.drop(self.act(self.norm(self.linear(x))))
+        return x + out if self.residual else out
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}"
+
+
+class FlexibleMLP(nn.Module):
+    """``depth`` hidden blocks of ``width`` units, then a linear classifier.
+
+    Block 0 maps the flattened input to ``width``; blocks 1..depth-1 map width to width and
+    carry the skip connection when ``residual`` is on. So ``depth=2, width=512`` is the
+    classic 784-512-512-10 network, and ``depth=20, residual=True`` has 19 skips.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        depth: int = 2,
+        width: int = 512,
+        residual: bool = False,
+        norm: bool = False,
+        norm_type: str = "batch",
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or width < 1:
+            raise ValueError(f"depth and width must be >= 1, got depth={depth} width={width}")
+        in_features = math.prod(int(d) for d in input_shape)
+        self.depth, self.width, self.residual, self.norm = depth, width, residual, norm
+        self.flatten = nn.Flatten()
+        self.blocks = nn.ModuleList(
+            MLPBlock(
+                in_features if i == 0 else width,
+                width,
+                residual=residual and i > 0,
+                norm=norm,
+                norm_type=norm_type,
+                activation=activation,
+                dropout=dropout,
+            )
+            for i in range(depth)
+        )
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
