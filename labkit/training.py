@@ -14,6 +14,7 @@ from rich.console import Console
 
 from labkit.config.validate import validate_config
 from labkit.engine import Engine, resolve_device, seed_everything
+from labkit.engine.optim import build_optimizer
 from labkit.models import describe_model
 from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker, config_tree
 
@@ -62,7 +63,7 @@ def build_trackers(cfg: DictConfig, run_dir: Path, console: Console) -> TrackerG
 
 def build_optimization(cfg: DictConfig, model: torch.nn.Module):
     """Optimizer and (optional) scheduler from their partial configs."""
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model, cfg.trainer.fused_optimizer)
     scheduler_cfg = OmegaConf.select(cfg, "scheduler")
     scheduler = instantiate(scheduler_cfg)(optimizer=optimizer) if scheduler_cfg else None
     return optimizer, scheduler
