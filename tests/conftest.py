@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny generated MNIST-format data, config composition, subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from labkit.config.resolvers import register_resolvers
+from labkit.data.idx import write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+register_resolvers()
+
+
+def make_learnable_images(n: int, seed: int, classes: int = 10, size: int = 28):
+    """Each class is a fixed random prototype; samples are noisy copies of it (easy to learn)."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).integers(0, 256, (classes, size, size))
+    labels = rng.integers(0, classes, n)
+    noise = rng.normal(0, 40, (n, size, size))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8)
+
+
+def write_mnist_folder(root: Path, folder: str = "MNIST", n_train: int = 600, n_test: int = 200,
+                       gz: bool = True) -> Path:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = make_learnable_images(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte{ext}", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte{ext}", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root with tiny learnable MNIST and FashionMNIST folders."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_folder(root, "MNIST")
+    write_mnist_folder(root, "FashionMNIST", gz=False)
+    return root
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """Compose conf/train.yaml the way `python train.py` does, with Hydra's runtime info set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir or "/tmp/labkit-test-run")
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(list(overrides), tmp_path / "run")
+
+    return make
+
+
+def run_cli(script: str, *args: str, env: dict | None = None, timeout: int = 300,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run an entry-point script as a user would, W&B off unless the caller says otherwise."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+        env=full_env, timeout=timeout, cwd=cwd,
+    )

@@ -1,0 +1,91 @@
+"""Config composition: every group option composes and builds; overrides land where expected."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from labkit.config.validate import validate_config
+from labkit.errors import ConfigError
+from labkit.models import FlexibleMLP, describe_model
+from labkit.training import build_optimization
+
+from .conftest import CONF
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "experiment", "debug"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in group_options(g)]
+)
+def test_every_group_option_composes_and_builds(cfg_factory, group, option):
+    cfg = cfg_factory(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate_config(cfg.copy()) if group != "trainer" or option != "gpu" else None
+    model = instantiate(cfg.model)
+    optimizer, scheduler = build_optimization(cfg, model)
+    assert any(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert (scheduler is None) == (not cfg.scheduler)
+
+
+def test_defaults_match_the_documented_ones(cfg_factory):
+    cfg = cfg_factory()
+    assert cfg.model._target_.endswith("FlexibleMLP")
+    assert cfg.data.folder == "MNIST"
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.scheduler._target_.endswith("CosineAnnealingLR")
+    assert cfg.experiment is None if "experiment" in cfg else True
+    for key in ("trainer.epochs", "trainer.device", "trainer.seed", "data.root", "data.download",
+                "data.batch_size", "data.val_size", "model.depth", "model.width",
+                "model.residual", "model.norm", "optimizer.lr"):
+        assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
+    assert cfg.model.residual is False and cfg.model.norm is False
+
+
+@pytest.mark.parametrize("override,key", [("+residual=true", "residual"), ("+norm=true", "norm"),
+                                          ("model.residual=true", "residual"),
+                                          ("model.norm=true", "norm")])
+def test_residual_and_norm_switches_reach_the_built_model(cfg_factory, override, key):
+    cfg = cfg_factory("model.depth=5", override)
+    assert cfg.model[key] is True
+    info = describe_model(instantiate(cfg.model))
+    if key == "residual":
+        assert info["skip_connections"] == 4
+    else:
+        assert info["norm_layers"] == 5
+
+
+def test_scheduler_none_and_sgd(cfg_factory):
+    cfg = cfg_factory("optimizer=sgd", "scheduler=none")
+    optimizer, scheduler = build_optimization(cfg, FlexibleMLP(depth=1, width=8))
+    assert isinstance(optimizer, __import__("torch").optim.SGD) and scheduler is None
+
+
+def test_data_config_feeds_the_model_shape(cfg_factory):
+    cfg = cfg_factory("data=fashion_mnist")
+    assert list(cfg.model.input_shape) == [1, 28, 28]
+    assert cfg.model.num_classes == cfg.data.num_classes
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("trainer.epochs=0", "trainer.epochs=0"),
+    ("model.depth=0", "model.depth=0"),
+    ("model.width=-3", "model.width=-3"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("optimizer.lr=0", "optimizer.lr=0"),
+    ("optimizer.lr=-1e-3", "optimizer.lr=-0.001"),
+    ("trainer.device=tpu", "trainer.device='tpu'"),
+    ("trainer.precision=fp8", "trainer.precision='fp8'"),
+])
+def test_validation_names_key_and_value(cfg_factory, override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("'", "'?")):
+        validate_config(cfg_factory(override))
+
+
+def test_validation_accepts_defaults(cfg_factory):
+    validate_config(cfg_factory())
