@@ -5,7 +5,7 @@ STAMP := .venv-installed
 .PHONY: install train test lint bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -e '.[dev,sweep,slurm,search]'
 	@touch $(STAMP)
 
 install: $(STAMP)

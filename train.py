@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from labkit.cli import run_task
 from labkit.config.resolvers import register_resolvers
+from labkit.engine.distributed import join_process_group
 from labkit.training import train
 
 register_resolvers()
@@ -16,4 +17,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    join_process_group()  # under torchrun: one process group, one run directory
     main()

@@ -2,28 +2,77 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, RunInterrupted
+from labkit.tracking import write_json
+
+log = logging.getLogger(__name__)
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``, a sweep file, a search)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failed_job(run_dir: Path, exc: BaseException) -> dict[str, Any]:
+    """Mark the job's summary.json failed with the error, keeping what the task already wrote."""
+    path = run_dir / "summary.json"
+    summary: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            summary = {}
+    if summary.get("status") in (None, "completed"):
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, summary)
+    return summary
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    if output_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    return Path(output_dir)
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``task`` and return the swept metric; user errors become one line and an exit code.
+    """Run ``task`` and return the swept metric (``optimized_metric`` of its summary).
 
-    ``HYDRA_FULL_ERROR=1`` shows the traceback instead, as it does for Hydra's own errors.
+    A single run turns a user error into one line on stderr and a non-zero exit status
+    (``HYDRA_FULL_ERROR=1`` shows the traceback instead). In a multirun a failing job must not
+    take the rest of the sweep with it: any exception is recorded in the job's summary.json
+    (``status: failed`` and the error), logged, and the job returns NaN, which Optuna marks as a
+    failed trial. Interrupts (SIGTERM, SIGINT) still stop the whole sweep.
     """
+    metric = cfg.get("optimized_metric")
     try:
         summary = task(cfg)
-    except LabkitError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as exc:
+        if in_multirun() and not isinstance(exc, RunInterrupted):
+            record_failed_job(_output_dir(cfg), exc)
+            log.error("job failed, the sweep goes on: %s: %s", type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, LabkitError))
+            return math.nan if metric else None
+        if not isinstance(exc, LabkitError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    metric = cfg.get("optimized_metric")
     value = summary.get(metric) if metric else None
     return float(value) if isinstance(value, int | float) else None

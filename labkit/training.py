@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,20 +13,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from labkit import __version__
+from labkit.analysis.callbacks import analysis_callbacks
 from labkit.config.validate import validate_config
-from labkit.engine import Engine, resolve_device, seed_everything
+from labkit.engine import Engine, distributed, load_checkpoint, resolve_device, seed_everything
+from labkit.engine.accel import accelerate, resolve_precision  # resolve_precision: re-exported
 from labkit.engine.optim import build_optimizer
+from labkit.errors import RunInterrupted
 from labkit.models import describe_model
 from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker, config_tree
 
 log = logging.getLogger(__name__)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """bf16 autocast only where the device runs it well; fp32 everywhere else (e.g. CPU)."""
-    if precision == "bf16" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 def hydra_job_info() -> dict[str, Any]:
@@ -42,8 +40,15 @@ def hydra_job_info() -> dict[str, Any]:
     }
 
 
-def build_trackers(cfg: DictConfig, run_dir: Path, console: Console) -> TrackerGroup:
-    """Console and run-directory files always; W&B when a ``logger.wandb`` node exists."""
+def build_trackers(
+    cfg: DictConfig, run_dir: Path, console: Console, *, job_type: str | None = None,
+    group: str | None = None, name: str | None = None,
+) -> TrackerGroup:
+    """Console and run-directory files always; W&B when a ``logger.wandb`` node exists.
+
+    ``job_type`` / ``group`` / ``name`` override the config, for entry points that log several
+    W&B runs per job (distill.py: one per stage, all in one group).
+    """
     trackers = [ConsoleTracker(console), FileTracker(run_dir)]
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
     if wandb_cfg is not None:
@@ -52,9 +57,9 @@ def build_trackers(cfg: DictConfig, run_dir: Path, console: Console) -> TrackerG
             run_dir,
             project=wandb_cfg.project,
             entity=wandb_cfg.entity,
-            group=wandb_cfg.group or job.get("sweep_dir"),
-            name=wandb_cfg.name or job.get("overrides"),
-            job_type=wandb_cfg.job_type,
+            group=group or wandb_cfg.group or job.get("sweep_dir"),
+            name=name or wandb_cfg.name or job.get("overrides"),
+            job_type=job_type or wandb_cfg.job_type,
             tags=list(wandb_cfg.tags or []),
             mode=wandb_cfg.mode,
         ))
@@ -69,33 +74,70 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module):
     return optimizer, scheduler
 
 
+def resume_checkpoint_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: ``trainer.ckpt_path``, else the run's last.pt if resuming."""
+    explicit = OmegaConf.select(cfg, "trainer.ckpt_path")
+    if explicit:
+        return Path(explicit).expanduser()
+    last = run_dir / "checkpoints" / "last.pt"
+    if OmegaConf.select(cfg, "trainer.resume", default=False):
+        if last.is_file():
+            return last
+        log.info("trainer.resume=true but %s does not exist: starting from scratch", last)
+    return None
+
+
+def finished_summary(run_dir: Path, state: dict[str, Any], epochs: int) -> dict[str, Any] | None:
+    """The stored summary when the checkpoint's run already completed ``epochs`` and was tested."""
+    summary_path = run_dir / "summary.json"
+    if state.get("partial_epoch") is None and state["epoch"] >= epochs and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "completed":
+            return summary
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model as configured; returns the summary (also in summary.json)."""
     validate_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    device = resolve_device(cfg.trainer.device)
+    ctx = distributed.context(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    device = distributed.rank_device(resolve_device(cfg.trainer.device), ctx)
     precision = resolve_precision(cfg.trainer.precision, device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    console = Console()
+    console = Console(quiet=not ctx.is_main)  # under torchrun only rank 0 talks
+    ckpt_path = resume_checkpoint_path(cfg, run_dir)
+    resume_state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if resume_state is not None:
+        done = finished_summary(run_dir, resume_state, cfg.trainer.epochs)
+        if done is not None:
+            console.print(f"run in {run_dir} already finished ({resume_state['epoch']} epochs): "
+                          f"nothing to resume", highlight=False)
+            return done
     console.print(config_tree(cfg))
 
     log.info("building data <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
     datamodule.setup(device)
     log.info("building model <%s>", cfg.model._target_)
-    model = instantiate(cfg.model).to(device)
+    model = distributed.prepare_model(instantiate(cfg.model), ctx, cfg.trainer.get("sync_batchnorm", False))
+    model = model.to(device)
+    compile_model = bool(OmegaConf.select(cfg, "trainer.compile", default=False))
+    fast_path = accelerate(model, device, compile=compile_model, deterministic=cfg.trainer.deterministic)
     optimizer, scheduler = build_optimization(cfg, model)
 
     info = {
         **describe_model(model),
         "device": str(device),
         "precision": precision,
+        "fast_path": ", ".join(name for name, on in fast_path.items() if on) or "off",
         "train_size": datamodule.split_size("train"),
         "val_size": datamodule.split_size("val"),
         "test_size": datamodule.split_size("test"),
     }
-    trackers = build_trackers(cfg, run_dir, console)
+    trackers = build_trackers(cfg, run_dir, console) if ctx.is_main else TrackerGroup()
     generator = torch.Generator(device=device).manual_seed(int(cfg.trainer.seed))
+    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
     engine = Engine(
         model,
         optimizer,
@@ -107,17 +149,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         precision=precision,
         grad_clip=cfg.trainer.grad_clip,
-        extra_state={"config": OmegaConf.to_container(cfg, resolve=True)},
+        callbacks=analysis_callbacks(cfg, datamodule, run_dir) if ctx.is_main else [],
+        dist=ctx,
+        extra_state={"config": OmegaConf.to_container(cfg, resolve=True),
+                     "labkit_version": __version__},
     )
-    val_loader = datamodule.loader("val") if datamodule.split_size("val") else None
+    if resume_state is not None:
+        best_path = ckpt_path.with_name("best.pt")
+        best = load_checkpoint(best_path)["model"] if best_path.is_file() else None
+        engine.load_state_dict(resume_state, best_model=best)
+        console.print(f"resuming from {ckpt_path} at epoch {engine.epoch}", highlight=False)
+    val_loader = datamodule.loader("val", **shard) if datamodule.split_size("val") else None
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
+    for tracker in trackers.trackers:
+        if isinstance(tracker, FileTracker) and resume_state is not None:
+            tracker.restart_from(engine.history)
     status = "failed"
+    start = time.perf_counter()
     try:
-        start = time.perf_counter()
-        engine.fit(datamodule.loader("train", generator), val_loader)
+        train_loader = datamodule.loader(
+            "train", generator, augment_generator=distributed.augment_generator(cfg, ctx, device), **shard)
+        engine.fit(train_loader, val_loader)
         if cfg.trainer.test_on == "best":
             engine.load_best()
-        test = engine.evaluate(datamodule.loader("test"))
+        test = engine.evaluate(datamodule.loader("test", **shard))
         summary = {
             "status": "completed",
             "test_acc": test["acc"],
@@ -135,6 +190,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
         trackers.log_summary(summary)
         status = "completed"
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, RunInterrupted | KeyboardInterrupt) else "failed"
+        trackers.log_summary({
+            "status": status,
+            "error": f"{type(exc).__name__}: {exc}",
+            "epochs_completed": len(engine.history),
+            "best_val_acc": engine.best_val_acc if engine.history else None,
+            "train_time_s": engine.train_time_s,
+            **info,
+        })
+        raise
     finally:
         trackers.finish(status)
     return summary

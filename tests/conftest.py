@@ -54,11 +54,12 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
-    """Compose conf/train.yaml the way `python train.py` does, with Hydra's runtime info set."""
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None,
+                   config_name: str = "train") -> DictConfig:
+    """Compose conf/<config_name>.yaml the way the entry point does, with Hydra's runtime info set."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides or [], return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir or "/tmp/labkit-test-run")
         cfg.hydra.job.num = 0
@@ -84,3 +85,36 @@ def run_cli(script: str, *args: str, env: dict | None = None, timeout: int = 300
         [sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
         env=full_env, timeout=timeout, cwd=cwd,
     )
+
+
+def write_cifar_folder(root: Path, variant: str = "cifar10", per_batch: int = 40, n_test: int = 40,
+                       seed: int = 0) -> dict:
+    """Tiny CIFAR files in the official pickle layout (bytes keys, ``[N, 3072]`` uint8 rows).
+
+    Images are noisy class prototypes, so a model can learn them; returns the written arrays.
+    """
+    import pickle
+
+    classes = 10 if variant == "cifar10" else 100
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(99).integers(0, 256, (classes, 3072))
+    label_key = b"labels" if variant == "cifar10" else b"fine_labels"
+    if variant == "cifar10":
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        folder = root / "cifar-10-batches-py"
+    else:
+        folder, names = root / "cifar-100-python", ["train", "test"]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in names:
+        n = n_test if name in ("test_batch", "test") else per_batch * (5 if variant == "cifar100" else 1)
+        labels = rng.integers(0, classes, n)
+        data = np.clip(prototypes[labels] + rng.normal(0, 30, (n, 3072)), 0, 255).astype(np.uint8)
+        entry = {b"batch_label": name.encode(), label_key: labels.tolist(), b"data": data,
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        if variant == "cifar100":
+            entry[b"coarse_labels"] = (labels // 5).tolist()
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh)
+        written[name] = (data, labels)
+    return written

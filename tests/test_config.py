@@ -11,7 +11,7 @@ from labkit.errors import ConfigError
 from labkit.models import FlexibleMLP, describe_model
 from labkit.training import build_optimization
 
-from .conftest import CONF
+from .conftest import CONF, compose_config
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "experiment", "debug"]
 
@@ -20,13 +20,25 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def is_distill_experiment(option: str) -> bool:
+    """Experiments for distill.py set a teacher and a student; they compose with distill.yaml."""
+    return "model@teacher" in (CONF / "experiment" / f"{option}.yaml").read_text()
+
+
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g in GROUPS for o in group_options(g)]
 )
-def test_every_group_option_composes_and_builds(cfg_factory, group, option):
+def test_every_group_option_composes_and_builds(cfg_factory, tmp_path, group, option):
+    if group == "experiment" and is_distill_experiment(option):
+        cfg = compose_config([f"experiment={option}"], tmp_path / "run", config_name="distill")
+        OmegaConf.to_container(cfg, resolve=True)
+        validate_config(cfg)
+        for role in ("teacher", "student"):
+            assert len(list(instantiate(cfg[role]).parameters())) > 0
+        return
     cfg = cfg_factory(f"{group}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-    validate_config(cfg.copy()) if group != "trainer" or option != "gpu" else None
+    validate_config(cfg.copy()) if group != "trainer" or option not in ("gpu", "ddp") else None
     model = instantiate(cfg.model)
     optimizer, scheduler = build_optimization(cfg, model)
     assert any(p.numel() for g in optimizer.param_groups for p in g["params"])

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from labkit.data import MNISTFamily, TensorLoader
 from labkit.engine import Engine, load_checkpoint, save_checkpoint
+from labkit.engine.checkpoint import CHECKPOINT_FORMAT
 from labkit.models import FlexibleMLP
 
 
@@ -58,14 +59,14 @@ def test_best_weights_are_restored_for_testing():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 1}, path)
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     try:
-        save_checkpoint({"epoch": 2}, path)
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2}, path)
     except OSError:
         pass
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survives

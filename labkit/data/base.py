@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from labkit.data.augment import build_augment
 from labkit.data.loader import Augment, TensorLoader
+from labkit.data.transfer import to_device
 from labkit.errors import ConfigError
 
 
@@ -46,7 +49,7 @@ class ImageDataModule:
         download: bool = False,
         split_seed: int = 0,
         drop_last: bool = False,
-        augment: Augment | None = None,
+        augment: Augment | Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         self.batch_size = int(batch_size)
@@ -60,7 +63,8 @@ class ImageDataModule:
         self.download = bool(download)
         self.split_seed = int(split_seed)
         self.drop_last = bool(drop_last)
-        self.augment = augment
+        # a config node such as {crop_padding: 4, flip: true} becomes the batched CropFlip
+        self.augment = build_augment(augment)
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.device = torch.device("cpu")
 
@@ -82,7 +86,7 @@ class ImageDataModule:
         self.device = torch.device(device)
 
         def put(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return images.contiguous().to(self.device), targets.long().to(self.device)
+            return to_device(images.contiguous(), self.device), to_device(targets.long(), self.device)
 
         self._splits = {
             "train": put(raw.train_images[train_idx], raw.train_targets[train_idx]),
@@ -98,8 +102,18 @@ class ImageDataModule:
             raise RuntimeError("call setup() before asking for loaders")
         return self._splits[split]
 
-    def loader(self, split: str, generator: torch.Generator | None = None) -> TensorLoader:
-        """A loader over ``split`` (train: shuffled, augmented; val/test: in order, plain)."""
+    def loader(
+        self,
+        split: str,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        augment_generator: torch.Generator | None = None,
+    ) -> TensorLoader:
+        """A loader over ``split`` (train: shuffled, augmented; val/test: in order, plain).
+
+        With ``world_size > 1`` each rank gets its slice of every (global) batch.
+        """
         images, targets = self._get(split)
         train = split == "train"
         return TensorLoader(
@@ -112,4 +126,7 @@ class ImageDataModule:
             drop_last=self.drop_last and train,
             augment=self.augment if train else None,
             generator=generator,
+            rank=rank,
+            world_size=world_size,
+            augment_generator=augment_generator,
         )

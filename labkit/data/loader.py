@@ -39,6 +39,9 @@ class TensorLoader:
         drop_last: bool = False,
         augment: Augment | None = None,
         generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        augment_generator: torch.Generator | None = None,
     ) -> None:
         if images.dtype != torch.uint8:
             raise TypeError(f"TensorLoader expects uint8 images, got {images.dtype}")
@@ -51,6 +54,11 @@ class TensorLoader:
         self.drop_last = drop_last
         self.augment = augment
         self.generator = generator
+        # Data-parallel sharding: every rank draws the same permutation (same generator seed)
+        # and keeps its own contiguous slice of each global batch. Augmentation then needs a
+        # generator of its own per rank, or the shared one would drift apart between ranks.
+        self.rank, self.world_size = rank, world_size
+        self.augment_generator = augment_generator or generator
         channels = images.shape[1]
         mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
         std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device)
@@ -78,14 +86,27 @@ class TensorLoader:
         return torch.addcmul(self._shift, images.to(torch.float32), self._scale)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Iterate from batch ``start_batch`` of this epoch's order (used to resume mid-epoch).
+
+        The order is drawn as usual (so the generator must hold the state it had at the start of
+        the epoch); ``generator_state`` then replaces the generator's state, so augmentation
+        continues with the random numbers the interrupted epoch would have used.
+        """
         n = self.num_samples
         if self.shuffle:
             order = torch.randperm(n, device=self.device, generator=self.generator)
         else:
             order = torch.arange(n, device=self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        if generator_state is not None and self.generator is not None:
+            self.generator.set_state(generator_state)
+        for start in range(start_batch * self.batch_size, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
+            if self.world_size > 1:
+                index = index.tensor_split(self.world_size)[self.rank]
             images = self.images[index]
             if self.augment is not None:
-                images = self.augment(images, self.generator)
+                images = self.augment(images, self.augment_generator)
             yield Batch(self.normalise(images), self.targets[index], index)

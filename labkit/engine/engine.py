@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.data.loader import Batch
-from labkit.engine.checkpoint import copy_checkpoint, save_checkpoint
+from labkit.engine.checkpoint import CHECKPOINT_FORMAT, copy_checkpoint, load_model_weights, save_checkpoint
+from labkit.engine.distributed import DistContext, all_reduce_sum, any_rank
+from labkit.engine.rng import capture_rng_state, restore_rng_state
+from labkit.engine.signals import StopRequest
+from labkit.errors import NonFiniteLossError, OutputError, RunInterrupted
 from labkit.tracking.base import Tracker, TrackerGroup
 
 Criterion = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -62,9 +66,19 @@ class Engine:
         precision: str = "fp32",
         grad_clip: float | None = None,
         extra_state: dict[str, Any] | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        # Under DDP the wrapped module runs the training steps (it synchronises gradients);
+        # self.model stays the plain module for evaluation and state_dict keys.
+        self.dist = dist or DistContext()
+        self.train_module: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_module = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.epochs = int(epochs)
@@ -83,6 +97,12 @@ class Engine:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.train_time_s = 0.0
         self.train_samples = 0
+        self.stop = StopRequest()
+        # Mid-epoch position, filled when a stop request interrupts an epoch (see save()).
+        self._partial: dict[str, Any] | None = None
+        self._generator: torch.Generator | None = None
+        self._epoch_generator_state: torch.Tensor | None = None
+        self._pending_generator_state: torch.Tensor | None = None  # set by load_state_dict
 
     # -- helpers -----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -99,18 +119,33 @@ class Engine:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # -- one epoch of training ---------------------------------------------------------------
-    def train_epoch(self, loader: Iterable[Batch], steps: int) -> dict[str, float]:
+    def train_epoch(self, loader: Iterable[Batch], steps: int) -> dict[str, float] | None:
+        """One epoch; returns its metrics, or None when a stop request cut it short."""
         self.model.train()
+        partial, self._partial = self._partial, None
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        # device-side record of the first step whose loss was not finite (-1: none yet)
+        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
+        seen, first_step = 0, 1
+        seen_before = 0
+        if partial is not None:  # resuming inside this epoch
+            first_step = partial["step"] + 1
+            if self.dist.is_main:  # partial sums are totals over ranks: count them once
+                loss_sum += partial["loss_sum"]
+                correct += partial["correct"]
+                seen = seen_before = partial["seen"]
+            batches = loader.iter_from(partial["step"], partial["generator_state"])  # type: ignore[attr-defined]
+        else:
+            batches = iter(loader)
         self.trackers.epoch_start(self.epoch, self.epochs, steps)
         self._sync()
         start = time.perf_counter()
-        for step, batch in enumerate(loader, start=1):
+        step = first_step - 1
+        for step, batch in enumerate(batches, start=first_step):
             # forward and loss
             with self.autocast():
-                logits = self.model(batch.inputs)
+                logits = self.train_module(batch.inputs)
                 loss = self.criterion(logits, batch)
             # backward, optional clipping, step
             self.optimizer.zero_grad(set_to_none=True)
@@ -124,24 +159,56 @@ class Engine:
             n = batch.targets.shape[0]
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(1) == batch.targets).sum()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
             seen += n
-            if step % self.log_every_n_steps == 0:
+            if step % self.log_every_n_steps == 0 or step == steps:
+                self._check_finite(bad_step)
                 elapsed = time.perf_counter() - start
                 self.trackers.step(self.epoch, step, {
                     "loss": loss_sum.item() / seen,
                     "acc": correct.item() / seen,
-                    "img/s": seen / max(elapsed, 1e-9),
+                    "img/s": (seen - seen_before) / max(elapsed, 1e-9),
                 })
+            stop = self.stop.requested
+            if self.dist.enabled:  # all ranks must stop at the same step: agree at log intervals
+                stop = step % self.log_every_n_steps == 0 and any_rank(stop, self.device)
+            if stop and step < steps:
+                self._check_finite(bad_step)
+                sums = [loss_sum.detach().clone(), correct.clone(), torch.tensor(seen, device=self.device)]
+                all_reduce_sum(*sums)
+                self._partial = {"step": step, "seen": int(sums[2].item()), "loss_sum": sums[0].cpu(),
+                                 "correct": sums[1].cpu(),
+                                 "generator_state": self._generator.get_state()
+                                 if self._generator is not None else None}
+                break
         self._sync()
+        self._check_finite(bad_step)
         elapsed = time.perf_counter() - start
         self.train_time_s += elapsed
-        self.train_samples += seen
+        if self._partial is not None:
+            self.train_samples += self._partial["seen"] - seen_before
+            return None
+        if self.dist.enabled:  # one collective per epoch: sums over every rank's shard
+            seen_t = torch.tensor(seen, device=self.device)
+            all_reduce_sum(loss_sum, correct, seen_t)
+            seen = int(seen_t.item())
+        new_samples = seen - (partial or {}).get("seen", 0)
+        self.train_samples += new_samples
         return {
             "train_loss": loss_sum.item() / max(seen, 1),
             "train_acc": correct.item() / max(seen, 1),
             "train_time_s": elapsed,
-            "images_per_s": seen / max(elapsed, 1e-9),
+            "images_per_s": new_samples / max(elapsed, 1e-9),
         }
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        step = int(bad_step.item())
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became non-finite at epoch {self.epoch}, step {step}; the run "
+                f"stops here and keeps its last good checkpoint (try a lower optimizer.lr or "
+                f"trainer.grad_clip)"
+            )
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch], model: nn.Module | None = None) -> dict[str, float]:
@@ -159,32 +226,66 @@ class Engine:
             correct += (logits.argmax(1) == batch.targets).sum()
             seen += batch.targets.shape[0]
         model.train(was_training)
+        if self.dist.enabled:  # every rank evaluated its shard; all of them get the total
+            seen_t = torch.tensor(seen, device=self.device)
+            all_reduce_sum(loss_sum, correct, seen_t)
+            seen = int(seen_t.item())
         return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1)}
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None) -> list[dict]:
-        """Train for the configured epochs; returns the per-epoch metric rows."""
+        """Train until the configured epoch; returns the per-epoch metric rows.
+
+        Raises :class:`RunInterrupted` after writing a resumable checkpoint when SIGTERM or
+        SIGINT arrives, and :class:`NonFiniteLossError` when the loss diverges.
+        """
         for callback in self.callbacks:
             callback.on_fit_start(self)
+        self._generator = getattr(train_loader, "generator", None)
+        if self._pending_generator_state is not None and self._generator is not None:
+            if self._partial is None:
+                self._generator.set_state(self._pending_generator_state)
+            self._pending_generator_state = None
         steps = len(train_loader)  # type: ignore[arg-type]
-        while self.epoch < self.epochs:
-            self.epoch += 1
-            lr = self.current_lr()
-            epoch_start = time.perf_counter()
-            row: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch(train_loader, steps)}
-            if val_loader is not None:
-                val = self.evaluate(val_loader)
-                row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
-            row["lr"] = lr
-            if self.scheduler is not None:
-                self.scheduler.step()
-            row["epoch_time_s"] = time.perf_counter() - epoch_start
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, row)
-            improved = self._track_best(row)
-            self.history.append(row)
-            self.trackers.log_epoch(row)
-            self.save(improved)
+        with self.stop:
+            while self.epoch < self.epochs or self._partial is not None:
+                if self._partial is None:
+                    self.epoch += 1
+                    self._epoch_generator_state = (
+                        self._generator.get_state() if self._generator is not None else None)
+                elif self._generator is not None:
+                    self._generator.set_state(self._epoch_generator_state)
+                lr = self.current_lr()
+                epoch_start = time.perf_counter()
+                train = self.train_epoch(train_loader, steps)
+                if train is None:
+                    self.save(is_best=False)
+                    raise RunInterrupted(
+                        f"stopped by signal {self.stop.signum} at epoch {self.epoch}; a checkpoint "
+                        f"was written to {self.checkpoint_dir}; re-run the same command with "
+                        f"trainer.resume=true to continue",
+                        self.stop.signum,
+                    )
+                row: dict[str, Any] = {"epoch": self.epoch, **train}
+                if val_loader is not None:
+                    val = self.evaluate(val_loader)
+                    row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
+                row["lr"] = lr
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                row["epoch_time_s"] = time.perf_counter() - epoch_start
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, row)
+                improved = self._track_best(row)
+                self.history.append(row)
+                self.trackers.log_epoch(row)
+                self.save(improved)
+                if self.stop.requested and self.epoch < self.epochs:
+                    raise RunInterrupted(
+                        f"stopped by signal {self.stop.signum} after epoch {self.epoch}; re-run the "
+                        f"same command with trainer.resume=true to continue",
+                        self.stop.signum,
+                    )
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
@@ -199,24 +300,58 @@ class Engine:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the run stands (weights_only-loadable)."""
+        epoch_start_state = self._epoch_generator_state if self._partial is not None else None
         return {
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
+            "epochs": self.epochs,
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "train_time_s": self.train_time_s,
+            "train_samples": self.train_samples,
+            "rng": capture_rng_state(),
+            "loader_generator": self._generator.get_state() if self._generator is not None else None,
+            "epoch_generator_state": epoch_start_state,
+            "partial_epoch": self._partial,
             **self.extra_state,
         }
 
+    def load_state_dict(self, state: dict[str, Any], best_model: dict[str, Any] | None = None) -> None:
+        """Restore a :meth:`state_dict`; ``best_model`` restores the best weights for the final test."""
+        load_model_weights(self.model, state["model"], "resume state")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = list(state["history"])
+        self.train_time_s = float(state.get("train_time_s", 0.0))
+        self.train_samples = int(state.get("train_samples", 0))
+        self.best_state = best_model
+        self._partial = state.get("partial_epoch")
+        self._epoch_generator_state = state.get("epoch_generator_state")
+        restore_rng_state(state["rng"])
+        self._pending_generator_state = state.get("loader_generator")
+
     def save(self, is_best: bool) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.dist.is_main:
             return
         last = self.checkpoint_dir / "last.pt"
-        save_checkpoint(self.state_dict(), last)
-        if is_best:
-            copy_checkpoint(last, self.checkpoint_dir / "best.pt")
+        try:
+            save_checkpoint(self.state_dict(), last)
+            if is_best:
+                copy_checkpoint(last, self.checkpoint_dir / "best.pt")
+        except OSError as exc:
+            raise OutputError(
+                f"could not write a checkpoint in {self.checkpoint_dir} ({exc.strerror or exc}); "
+                f"the previous checkpoint files are intact"
+            ) from exc
 
     def load_best(self) -> None:
         """Put the best validation weights back into the model (used before testing)."""

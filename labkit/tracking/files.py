@@ -57,6 +57,13 @@ class FileTracker(Tracker):
     def start(self, config, info):
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
+    def restart_from(self, history: list[dict[str, Any]]) -> None:
+        """On resume: rewrite metrics.jsonl with the checkpoint's epochs (drops rows logged after it)."""
+        self.history = [dict(row) for row in history]
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(_plain(row)) + "\n" for row in history))
+        os.replace(tmp, self.metrics_path)
+
     def log_epoch(self, metrics):
         self.history.append(dict(metrics))
         with open(self.metrics_path, "a") as fh:

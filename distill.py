@@ -1,0 +1,23 @@
+"""Distil a teacher into a student: `python distill.py [group=option ...] [key=value ...]` (see README).
+
+Trains the teacher, a baseline student (hard labels) and a distilled student (hard labels and
+the teacher's soft targets) from the same initialisation, and writes comparison.md / .png.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from labkit.cli import run_task
+from labkit.config.resolvers import register_resolvers
+from labkit.distill import distill
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="distill")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(distill, cfg)
+
+
+if __name__ == "__main__":
+    main()

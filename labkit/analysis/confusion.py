@@ -1,0 +1,60 @@
+"""Confusion matrix and per-class accuracy of a classifier on a loader, and their figure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from labkit.data.loader import Batch
+
+
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, batches: Iterable[Batch], num_classes: int) -> torch.Tensor:
+    """``[true, predicted]`` counts, accumulated on the model's device with one bincount per batch."""
+    model.eval()
+    counts = None
+    for batch in batches:
+        pred = model(batch.inputs).argmax(1)
+        flat = batch.targets * num_classes + pred
+        step = torch.bincount(flat, minlength=num_classes * num_classes)
+        counts = step if counts is None else counts + step
+    if counts is None:
+        return torch.zeros(num_classes, num_classes, dtype=torch.long)
+    return counts.reshape(num_classes, num_classes).cpu()
+
+
+def per_class_accuracy(matrix: torch.Tensor) -> list[float | None]:
+    """Recall of each class (None for a class absent from the data)."""
+    totals = matrix.sum(1)
+    return [None if t == 0 else float(matrix[i, i] / t) for i, t in enumerate(totals.tolist())]
+
+
+def plot_confusion(matrix: torch.Tensor, path: str | Path, title: str = "confusion matrix") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, label="images")
+    if n <= 20:
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        for i in range(n):
+            for j in range(n):
+                value = int(matrix[i, j])
+                color = "white" if value > matrix.max() / 2 else "black"
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,123 @@
+"""CIFAR-10 and CIFAR-100 from their python-pickle batches under ``data.root``.
+
+The layout is the one of the official archives (and of torchvision):
+``cifar-10-batches-py/{data_batch_1..5,test_batch}`` and ``cifar-100-python/{train,test}``,
+each a pickled dict whose ``data`` is ``[N, 3072]`` uint8 (1024 red, 1024 green, 1024 blue
+values per image, row-major) and whose labels are ``labels`` (CIFAR-10) or ``fine_labels``
+(CIFAR-100). The files are pickles: only read ones from a source you trust, as with torchvision.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labkit.data.base import ImageDataModule, RawSplits
+from labkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    num_classes: int
+    torchvision_class: str
+
+
+LAYOUTS = {
+    "cifar10": CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                           ("test_batch",), "labels", 10, "CIFAR10"),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), "fine_labels", 100, "CIFAR100"),
+}
+
+
+def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickle batch as uint8 images ``[N, 3, 32, 32]`` and int64 labels."""
+    try:
+        with open(path, "rb") as fh:
+            entry: dict[Any, Any] = pickle.load(fh, encoding="bytes")
+        # The official files were written by Python 2: their keys are bytes.
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError,
+            AttributeError) as exc:
+        raise DataError(f"{path} is not a readable CIFAR batch ({type(exc).__name__}: {exc})") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DataError(f"{path}: data {data.shape} and {label_key} {labels.shape} are not "
+                        f"[N, 3072] images with N labels")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def download_cifar(layout: CifarLayout, root: Path) -> None:
+    """Download through torchvision into a temporary folder, then move the folder into place."""
+    import torchvision.datasets as tvd
+
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        try:
+            getattr(tvd, layout.torchvision_class)(root=tmp, train=True, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise DataError(
+                f"could not download {layout.torchvision_class} into {root / layout.folder} "
+                f"({type(exc).__name__}: {exc}); unpack the python version of the archive there by "
+                f"hand or point data.root at a folder holding {layout.folder}/"
+            ) from exc
+        target = root / layout.folder
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(Path(tmp) / layout.folder), target)
+
+
+class CIFAR(ImageDataModule):
+    """CIFAR-10 (``variant=cifar10``) or CIFAR-100 (``variant=cifar100``, fine labels)."""
+
+    def __init__(self, variant: str = "cifar10", **kwargs) -> None:
+        if variant not in LAYOUTS:
+            raise DataError(f"unknown CIFAR variant {variant!r}; known: {sorted(LAYOUTS)}")
+        kwargs.setdefault("num_classes", LAYOUTS[variant].num_classes)
+        kwargs.setdefault("in_channels", 3)
+        kwargs.setdefault("image_size", 32)
+        super().__init__(**kwargs)
+        self.layout = LAYOUTS[variant]
+        self.name = variant
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.layout.folder
+
+    def missing_files(self) -> list[str]:
+        names = self.layout.train_files + self.layout.test_files
+        return [name for name in names if not (self.folder / name).is_file()]
+
+    def load_raw(self) -> RawSplits:
+        if self.missing_files() and self.download:
+            download_cifar(self.layout, self.root)
+        missing = self.missing_files()
+        if missing:
+            raise DataError(
+                f"{self.name} not found: {self.folder} lacks {', '.join(missing)}. Set "
+                f"data.download=true to fetch them, or data.root=DIR where DIR/{self.layout.folder}/ "
+                f"holds them"
+            )
+        if self.num_classes != self.layout.num_classes or self.in_channels != 3 or self.image_size != 32:
+            raise DataError(f"{self.name} has {self.layout.num_classes} classes of 3x32x32 images; the "
+                            f"config says num_classes={self.num_classes}, in_channels={self.in_channels}, "
+                            f"image_size={self.image_size}")
+        splits = {}
+        for split, names in (("train", self.layout.train_files), ("test", self.layout.test_files)):
+            parts = [read_cifar_batch(self.folder / name, self.layout.label_key) for name in names]
+            images, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            if len(targets) and (targets.min() < 0 or targets.max() >= self.num_classes):
+                raise DataError(f"{self.folder}: {split} labels outside [0, {self.num_classes - 1}]")
+            splits[f"{split}_images"], splits[f"{split}_targets"] = images, targets
+        return RawSplits(**splits)

@@ -1,0 +1,158 @@
+"""Any folder of ``train/<class>/*`` and ``test/<class>/*`` images, decoded once and cached.
+
+The first run decodes every jpg/png (optionally resizing it to ``image_size``) into one uint8
+tensor and saves it under ``cache_dir``; later runs load that file instead of decoding again.
+The cache records a fingerprint of the folder (each image's relative path, size and
+modification time), so adding, removing, replacing or touching an image rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from labkit.data.base import ImageDataModule, RawSplits
+from labkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CACHE_FORMAT = "labkit-imagefolder-v1"
+
+
+def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """Sorted class names (sub-folders) and ``(file, class)`` pairs of ``split_dir``."""
+    if not split_dir.is_dir():
+        raise DataError(f"image folder split not found: {split_dir} (expected <class>/<image> inside)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [
+        (path, name)
+        for name in classes
+        for path in sorted((split_dir / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    return classes, files
+
+
+def fingerprint(root: Path, files: list[Path], settings: str) -> str:
+    """A hash of every image's relative path, size and mtime, and of the decode settings."""
+    digest = hashlib.sha256(settings.encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def decode_image(path: Path, channels: int, size: int, resize: bool) -> torch.Tensor:
+    """One image as uint8 ``[channels, size, size]``, resized (bilinear, antialiased) if ``resize``.
+
+    PIL is fine here: decoding happens once per image, before training, and is then cached.
+    """
+    try:
+        with Image.open(path) as file:
+            image = file.convert("L" if channels == 1 else "RGB")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot decode {path} ({exc})") from exc
+    if image.size != (size, size):
+        if not resize:
+            raise DataError(f"{path} is {image.size[0]}x{image.size[1]}, not {size}x{size}; set "
+                            f"data.resize=true or data.image_size to the images' size")
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels[None] if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+
+
+class ImageFolder(ImageDataModule):
+    """Images under ``path/train/<class>/`` and ``path/test/<class>/`` (classes sorted by name).
+
+    ``num_classes`` must equal the number of class folders in ``train/`` (the model is built
+    from it); test classes must be among the training classes.
+    """
+
+    def __init__(self, path: str, cache_dir: str | None = None, resize: bool = True, **kwargs) -> None:
+        kwargs.setdefault("root", path)
+        super().__init__(**kwargs)
+        if self.in_channels not in (1, 3):
+            raise DataError(f"data.in_channels={self.in_channels}: image folders are read as grey (1) "
+                            f"or RGB (3)")
+        self.path = Path(path).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.resize = bool(resize)
+        self.name = f"imagefolder:{self.path.name}"
+        self.classes: list[str] = []
+
+    def cache_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{self.path.resolve()}".encode()).hexdigest()[:16]
+        return self.cache_dir / f"{self.path.name}-{key}-{self.in_channels}x{self.image_size}.pt"
+
+    def load_raw(self) -> RawSplits:
+        if not self.path.is_dir():
+            raise DataError(f"data.path={str(self.path)!r} is not a folder; expected "
+                            f"train/<class>/*.png|jpg and test/<class>/*.png|jpg inside")
+        classes, train_files = list_images(self.path / "train")
+        test_classes, test_files = list_images(self.path / "test")
+        if len(classes) != self.num_classes:
+            raise DataError(f"{self.path / 'train'} has {len(classes)} class folders but "
+                            f"data.num_classes={self.num_classes}; set data.num_classes={len(classes)}")
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{self.path / 'test'} has classes not in train/: {', '.join(unknown)}")
+        if not train_files or not test_files:
+            raise DataError(f"{self.path}: train/ and test/ must each hold at least one jpg or png image")
+        self.classes = classes
+        settings = f"{CACHE_FORMAT}|{self.in_channels}|{self.image_size}|{self.resize}|{classes}"
+        stamp = fingerprint(self.path, [p for p, _ in train_files + test_files], settings)
+        cached = self._read_cache(stamp)
+        if cached is not None:
+            return cached
+        index = {name: i for i, name in enumerate(classes)}
+        splits = {}
+        for split, files in (("train", train_files), ("test", test_files)):
+            splits[f"{split}_images"] = torch.stack(
+                [decode_image(p, self.in_channels, self.image_size, self.resize) for p, _ in files]
+            )
+            splits[f"{split}_targets"] = torch.tensor([index[c] for _, c in files], dtype=torch.int64)
+        raw = RawSplits(**splits)
+        self._write_cache(stamp, raw)
+        return raw
+
+    def _read_cache(self, stamp: str) -> RawSplits | None:
+        path = self.cache_file()
+        if path is None or not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring unreadable image cache %s (%s)", path, exc)
+            return None
+        if state.get("format") != CACHE_FORMAT or state.get("fingerprint") != stamp:
+            log.info("image folder changed since %s was written; decoding again", path)
+            return None
+        log.info("loaded decoded images from %s", path)
+        keys = ("train_images", "train_targets", "test_images", "test_targets")
+        return RawSplits(*(state[k] for k in keys))
+
+    def _write_cache(self, stamp: str, raw: RawSplits) -> None:
+        path = self.cache_file()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": CACHE_FORMAT, "fingerprint": stamp, **vars(raw)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # readers see the old cache or the new one, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.info("cached decoded images in %s", path)

@@ -1,0 +1,49 @@
+"""The distillation loss of Hinton, Vinyals & Dean (2015), with alpha weighing the soft term."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from labkit.errors import ConfigError
+
+
+def check_kd_params(temperature: Any, alpha: Any) -> None:
+    """Raise :class:`ConfigError` unless ``temperature > 0`` and ``0 <= alpha <= 1``."""
+    numeric = (int, float)
+    if isinstance(temperature, bool) or not isinstance(temperature, numeric) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
+        raise ConfigError(f"distill.temperature={temperature!r} is invalid: expected a number > 0")
+    if isinstance(alpha, bool) or not isinstance(alpha, numeric) or not 0 <= alpha <= 1:
+        raise ConfigError(f"distill.alpha={alpha!r} is invalid: expected a number in [0, 1]")
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
+
+    KL uses ``batchmean`` (a sum over classes, a mean over samples: the true KL per sample;
+    ``mean`` would also divide by the class count). The soft targets' gradient scales as
+    1/T^2, so the T^2 factor keeps the soft term's weight independent of the temperature.
+    The teacher's logits carry no gradient. Computed in fp32 even under bf16 autocast.
+    """
+    check_kd_params(temperature, alpha)
+    student = student_logits.float()
+    soft = student.new_zeros(())
+    hard = student.new_zeros(())
+    if alpha > 0:
+        log_p_student = F.log_softmax(student / temperature, dim=1)
+        p_teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+        soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+    if alpha < 1:
+        hard = F.cross_entropy(student, targets)
+    return alpha * soft + (1 - alpha) * hard

@@ -1,0 +1,315 @@
+"""What `python distill.py` does: teacher, baseline student, distilled student, comparison.
+
+All three stages go through the same :class:`~labkit.engine.Engine`; only the criterion
+differs. Both students start from one fresh initialisation (the same weights, verified by
+fingerprint) and see the same batches in the same order, so the only difference between them
+is the soft-target term.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from labkit.config.validate import RULES, validate_config
+from labkit.distill.loss import check_kd_params, kd_loss
+from labkit.distill.report import write_comparison
+from labkit.distill.stages import (
+    load_stage,
+    model_state_from_checkpoint,
+    save_stage,
+    stage_path,
+    stage_settings,
+    weights_sha256,
+)
+from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs, use_teacher_cache
+from labkit.engine import Engine, cross_entropy, resolve_device, seed_everything
+from labkit.engine.checkpoint import load_model_weights
+from labkit.errors import ConfigError
+from labkit.models import describe_model
+from labkit.tracking import config_tree, write_json
+from labkit.training import build_optimization, build_trackers, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+class DistillationCriterion:
+    """The engine criterion of the distilled student: :func:`kd_loss` against the teacher's
+    logits for the same samples."""
+
+    def __init__(self, teacher: CachedTeacher | LiveTeacher, temperature: float, alpha: float) -> None:
+        check_kd_params(temperature, alpha)
+        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
+
+    def __call__(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        return kd_loss(logits, self.teacher(batch), batch.targets, self.temperature, self.alpha)
+
+
+def validate_distill_config(cfg: DictConfig) -> None:
+    """The shared rules, the model rules applied to ``teacher`` and ``student``, and ``distill.*``."""
+    validate_config(cfg)
+    for role in ("teacher", "student"):
+        if OmegaConf.select(cfg, role) is None:
+            raise ConfigError(f"{role} is missing: choose a model config with model@{role}=NAME")
+        for key, (check, allowed) in RULES.items():
+            if not key.startswith("model."):
+                continue
+            role_key = f"{role}.{key.removeprefix('model.')}"
+            value = OmegaConf.select(cfg, role_key, default=None)
+            if value is not None and not check(value):
+                raise ConfigError(f"{role_key}={value!r} is invalid: expected {allowed}")
+    check_kd_params(cfg.distill.temperature, cfg.distill.alpha)
+    use_teacher_cache(cfg.distill.cache_teacher, augmented=False)  # checks the value only
+    ckpt = cfg.distill.teacher_ckpt
+    if ckpt and not Path(ckpt).expanduser().is_file():
+        raise ConfigError(f"distill.teacher_ckpt={ckpt!r} is invalid: no such file")
+
+
+@dataclass
+class Context:
+    """What every stage shares: config, run directory, device, data."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    precision: str
+    datamodule: Any
+    console: Console
+    wandb_group: str
+    ran: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.trainer.seed)
+
+
+def build_model(ctx: Context, role: str) -> torch.nn.Module:
+    log.info("building %s <%s>", role, ctx.cfg[role]._target_)
+    return instantiate(ctx.cfg[role])
+
+
+def data_info(ctx: Context) -> dict[str, Any]:
+    return {
+        "device": str(ctx.device),
+        "precision": ctx.precision,
+        "train_size": ctx.datamodule.split_size("train"),
+        "val_size": ctx.datamodule.split_size("val"),
+        "test_size": ctx.datamodule.split_size("test"),
+    }
+
+
+def _val_loader(ctx: Context):
+    return ctx.datamodule.loader("val") if ctx.datamodule.split_size("val") else None
+
+
+def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cross_entropy,
+                extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit ``model`` with ``criterion`` through the engine, test it, log it as W&B job ``stage``."""
+    cfg, stage_dir = ctx.cfg, ctx.run_dir / stage
+    (stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of an interrupted attempt
+    model = model.to(ctx.device)
+    optimizer, scheduler = build_optimization(cfg, model)
+    info = {"stage": stage, **describe_model(model), **data_info(ctx), **(extra or {})}
+    trackers = build_trackers(cfg, stage_dir, ctx.console, job_type=stage, group=ctx.wandb_group,
+                              name=f"{ctx.wandb_group}/{stage}")
+    # the same random stream for every stage: identical batch order and dropout masks
+    seed_everything(ctx.seed, cfg.trainer.deterministic)
+    generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+    engine = Engine(
+        model, optimizer, scheduler,
+        device=ctx.device,
+        epochs=cfg.trainer.epochs,
+        criterion=criterion,
+        trackers=trackers,
+        checkpoint_dir=stage_dir / "checkpoints" if cfg.trainer.checkpoint else None,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        precision=ctx.precision,
+        grad_clip=cfg.trainer.grad_clip,
+        extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "stage": stage},
+    )
+    ctx.console.rule(f"[bold]{stage}")
+    trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
+    status = "failed"
+    try:
+        start = time.perf_counter()
+        engine.fit(ctx.datamodule.loader("train", generator), _val_loader(ctx))
+        if cfg.trainer.test_on == "best":
+            engine.load_best()
+        test = engine.evaluate(ctx.datamodule.loader("test"))
+        summary = {
+            "status": "completed",
+            "test_acc": test["acc"],
+            "test_loss": test["loss"],
+            "best_val_acc": engine.best_val_acc,
+            "best_epoch": engine.best_epoch,
+            "epochs_completed": engine.epoch,
+            "train_time_s": engine.train_time_s,
+            "train_images_per_s": engine.throughput,
+            "total_time_s": time.perf_counter() - start,
+            **info,
+        }
+        trackers.log_summary(summary)
+        status = "completed"
+    finally:
+        trackers.finish(status)
+    return summary, engine.history
+
+
+def evaluate_stage(ctx: Context, stage: str, model: torch.nn.Module, source: str) -> dict[str, Any]:
+    """Test a model that was loaded, not trained (the teacher from ``distill.teacher_ckpt``)."""
+    model = model.to(ctx.device)
+    engine = Engine(model, None, device=ctx.device, precision=ctx.precision)
+    info = {"stage": stage, "source": source, **describe_model(model), **data_info(ctx)}
+    trackers = build_trackers(ctx.cfg, ctx.run_dir / stage, ctx.console, job_type=stage,
+                              group=ctx.wandb_group, name=f"{ctx.wandb_group}/{stage}")
+    ctx.console.rule(f"[bold]{stage} (loaded from {source})")
+    trackers.start(OmegaConf.to_container(ctx.cfg, resolve=True), info)
+    status = "failed"
+    try:
+        val_loader = _val_loader(ctx)
+        val = engine.evaluate(val_loader) if val_loader is not None else {"acc": None}
+        test = engine.evaluate(ctx.datamodule.loader("test"))
+        summary = {"status": "loaded", "test_acc": test["acc"], "test_loss": test["loss"],
+                   "best_val_acc": val["acc"], "epochs_completed": 0, **info}
+        trackers.log_summary(summary)
+        status = "completed"
+    finally:
+        trackers.finish(status)
+    return summary
+
+
+def run_teacher(ctx: Context) -> dict[str, Any]:
+    """Stage 1: train the teacher, or load ``distill.teacher_ckpt`` and evaluate it."""
+    settings = stage_settings(ctx.cfg, "teacher")
+    if stage_path(ctx.run_dir, "teacher").is_file() and not ctx.cfg.distill.force:
+        return skip(ctx, "teacher", settings)
+    seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
+    teacher = build_model(ctx, "teacher")
+    ckpt = ctx.cfg.distill.teacher_ckpt
+    if ckpt:
+        load_model_weights(teacher, model_state_from_checkpoint(ckpt), ckpt)
+        summary, history = evaluate_stage(ctx, "teacher", teacher, str(ckpt)), []
+    else:
+        summary, history = train_stage(ctx, "teacher", teacher)
+    summary["weights_sha256"] = weights_sha256(teacher.state_dict())
+    save_stage(ctx.run_dir, "teacher", teacher, summary, history, settings)
+    ctx.ran.append("teacher")
+    return {"summary": summary, "history": history, "model": teacher.state_dict()}
+
+
+def fresh_student_state(ctx: Context) -> dict[str, torch.Tensor]:
+    """The one initialisation both students start from (seeded, built once, copied)."""
+    seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
+    return copy.deepcopy(build_model(ctx, "student").state_dict())
+
+
+def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
+                teacher_record: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2 (``student_baseline``: hard labels) or 3 (``student_distill``: + soft targets)."""
+    cfg = ctx.cfg
+    settings = stage_settings(cfg, stage)
+    init_sha = weights_sha256(init_state)
+    teacher_sha = teacher_record["summary"]["weights_sha256"]
+    if stage_path(ctx.run_dir, stage).is_file() and not cfg.distill.force:
+        record = skip(ctx, stage, settings)
+        stale = record["summary"].get("initial_weights_sha256") != init_sha or (
+            stage == "student_distill" and record["summary"].get("teacher_sha256") != teacher_sha)
+        if not stale:
+            return record
+        ctx.console.print(f"{stage}: its teacher or initial weights changed since it ran; training "
+                          f"it again", highlight=False)
+    student = build_model(ctx, "student")
+    student.load_state_dict(init_state)
+    extra: dict[str, Any] = {"initial_weights_sha256": init_sha}
+    criterion = cross_entropy
+    if stage == "student_distill":
+        teacher = build_model(ctx, "teacher").to(ctx.device)
+        teacher.load_state_dict(teacher_record["model"])
+        outputs = teacher_outputs(teacher, ctx.datamodule, cfg.distill.cache_teacher)
+        criterion = DistillationCriterion(outputs, cfg.distill.temperature, cfg.distill.alpha)
+        extra.update({"temperature": float(cfg.distill.temperature), "alpha": float(cfg.distill.alpha),
+                      "teacher_outputs": "cached" if outputs.cached else "live",
+                      "teacher_sha256": teacher_sha})
+    summary, history = train_stage(ctx, stage, student, criterion, extra)
+    save_stage(ctx.run_dir, stage, student, summary, history, settings)
+    ctx.ran.append(stage)
+    return {"summary": summary, "history": history}
+
+
+def skip(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
+    path = stage_path(ctx.run_dir, stage)
+    record = load_stage(ctx.run_dir, stage, settings)
+    ctx.console.print(f"{stage}: {path} exists, not training it again (distill.force=true retrains)",
+                      highlight=False)
+    return record
+
+
+def wandb_group_name(cfg: DictConfig, run_dir: Path) -> str:
+    """One W&B group per distillation job: the configured group, else the run directory."""
+    group = OmegaConf.select(cfg, "logger.wandb.group")
+    if group:
+        return str(group)
+    try:
+        return str(run_dir.resolve().relative_to(Path(cfg.paths.log_dir).resolve()))
+    except ValueError:
+        return run_dir.name
+
+
+def distill(cfg: DictConfig) -> dict[str, Any]:
+    """Run the three stages (skipping finished ones), write the comparison; returns the summary."""
+    validate_distill_config(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.trainer.device)
+    console = Console()
+    console.print(config_tree(cfg))
+    log.info("building data <%s>", cfg.data._target_)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup(device)
+    ctx = Context(cfg, run_dir, device, resolve_precision(cfg.trainer.precision, device), datamodule,
+                  console, wandb_group_name(cfg, run_dir))
+
+    teacher = run_teacher(ctx)
+    init_state = fresh_student_state(ctx)
+    results = {
+        "teacher": teacher,
+        "student_baseline": run_student(ctx, "student_baseline", init_state, teacher),
+        "student_distill": run_student(ctx, "student_distill", init_state, teacher),
+    }
+    summary = combined_summary(results, ctx.ran)
+    write_json(run_dir / "summary.json", summary)
+    write_comparison(run_dir, {k: v["summary"] for k, v in results.items()},
+                     {k: v["history"] for k, v in results.items()}, console)
+    return summary
+
+
+def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict[str, Any]:
+    """The job's summary.json: each stage's headline figures, prefixed by the stage name."""
+    from labkit.distill.report import gap_closed
+
+    summary: dict[str, Any] = {"status": "completed", "stages_run": list(ran)}
+    for stage, record in results.items():
+        for key in ("test_acc", "test_loss", "best_val_acc", "params", "train_time_s"):
+            summary[f"{stage}_{key}"] = record["summary"].get(key)
+    distilled = results["student_distill"]["summary"]
+    summary.update({
+        "temperature": distilled.get("temperature"),
+        "alpha": distilled.get("alpha"),
+        "teacher_outputs": distilled.get("teacher_outputs"),
+        "distill_gain_pp": 100 * (distilled["test_acc"] - results["student_baseline"]["summary"]["test_acc"]),
+        "gap_closed_pct": gap_closed(results["teacher"]["summary"]["test_acc"],
+                                     results["student_baseline"]["summary"]["test_acc"],
+                                     distilled["test_acc"]),
+        "same_initial_weights": results["student_baseline"]["summary"].get("initial_weights_sha256")
+        == distilled.get("initial_weights_sha256"),
+    })
+    return summary

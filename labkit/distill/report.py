@@ -1,0 +1,152 @@
+"""The comparison a reviewer reads: comparison.md and comparison.png of one job, and a
+mean / spread table over several jobs (seeds): ``python -m labkit.distill.report DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+LABELS = {
+    "teacher": "teacher",
+    "student_baseline": "student baseline",
+    "student_distill": "student distilled",
+}
+
+
+def gap_closed(teacher_acc: float, baseline_acc: float, distilled_acc: float) -> float | None:
+    """Share (%) of the teacher-baseline accuracy gap the distilled student recovers;
+    None when the teacher is not better than the baseline (no gap to close)."""
+    gap = teacher_acc - baseline_acc
+    return None if gap <= 0 else 100.0 * (distilled_acc - baseline_acc) / gap
+
+
+def _fmt_gap(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """The original lab's columns (model, test acc %, test loss, params) plus gap closed (%)."""
+    teacher, baseline, distilled = (summaries[k] for k in LABELS)
+    gap = gap_closed(teacher["test_acc"], baseline["test_acc"], distilled["test_acc"])
+    rows = ["| model | test acc (%) | test loss | params | gap closed (%) |",
+            "|---|---:|---:|---:|---:|"]
+    for stage, label in LABELS.items():
+        s = summaries[stage]
+        name = f"{label} ({s.get('model', '?')})"
+        if stage == "student_distill":
+            name = f"{label} (T={s['temperature']:g}, alpha={s['alpha']:g})"
+        closed = {"teacher": "", "student_baseline": "0.0", "student_distill": _fmt_gap(gap)}[stage]
+        rows.append(f"| {name} | {100 * s['test_acc']:.2f} | {s['test_loss']:.4f} | "
+                    f"{s['params']:,} | {closed} |")
+    return "\n".join(rows)
+
+
+def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
+    distilled, baseline = summaries["student_distill"], summaries["student_baseline"]
+    same_init = baseline.get("initial_weights_sha256") == distilled.get("initial_weights_sha256")
+    notes = [
+        f"- alpha weighs the soft term: loss = alpha * T^2 * KL(teacher || student at T) + "
+        f"(1 - alpha) * CE; teacher outputs: {distilled.get('teacher_outputs')}.",
+        f"- both students started from the same initial weights: {'yes' if same_init else 'NO'} "
+        f"(sha256 {baseline.get('initial_weights_sha256')} / {distilled.get('initial_weights_sha256')}).",
+        f"- epochs: teacher {summaries['teacher'].get('epochs_completed')}, students "
+        f"{baseline.get('epochs_completed')}; test accuracy on the "
+        f"{distilled.get('test_size', '?')}-image test set; gap closed = (distilled - baseline) / "
+        f"(teacher - baseline).",
+    ]
+    if summaries["teacher"].get("status") == "loaded":
+        notes.append(f"- teacher loaded from {summaries['teacher'].get('source')}, not trained here.")
+    return "# Knowledge distillation\n\n" + comparison_table(summaries) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plot_comparison(summaries: dict[str, dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
+                    path: Path) -> Path:
+    """Validation accuracy per epoch of the three models, and a bar chart of test accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage, label in LABELS.items():
+        rows = [r for r in histories.get(stage, []) if r.get("val_acc") is not None]
+        if rows:
+            curves.plot([r["epoch"] for r in rows], [100 * r["val_acc"] for r in rows], "-o",
+                        markersize=3, label=label)
+        elif summaries[stage].get("best_val_acc") is not None:  # a loaded teacher: one value
+            curves.axhline(100 * summaries[stage]["best_val_acc"], linestyle="--", label=f"{label} (loaded)")
+    curves.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+    curves.grid(alpha=0.3)
+    curves.legend()
+    accs = [100 * summaries[s]["test_acc"] for s in LABELS]
+    drawn = bars.bar(list(LABELS.values()), accs, color=["tab:blue", "tab:orange", "tab:green"])
+    bars.bar_label(drawn, fmt="%.2f")
+    low = min(accs)
+    bars.set_ylim(max(0.0, low - max(2.0, 0.5 * (max(accs) - low))), min(100.0, max(accs) + 1.0))
+    bars.set(ylabel="test accuracy (%)", title="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(run_dir: Path, summaries: dict[str, dict[str, Any]],
+                     histories: dict[str, list[dict[str, Any]]], console: Console | None = None) -> None:
+    """Write comparison.md and comparison.png into the run directory and show the table."""
+    text = comparison_markdown(summaries)
+    (Path(run_dir) / "comparison.md").write_text(text)
+    plot_comparison(summaries, histories, Path(run_dir) / "comparison.png")
+    if console is not None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+# -- several jobs (seeds) ------------------------------------------------------------------------
+def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every distillation summary.json under ``roots`` (a run directory or a multirun folder)."""
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("summary.json")):
+            data = json.loads(path.read_text())
+            if "student_distill_test_acc" in data:
+                found.append(data)
+    return found
+
+
+def _mean_spread(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def seeds_table(jobs: list[dict[str, Any]]) -> str:
+    """Mean ± standard deviation over jobs of test accuracy (%) per stage, gain and gap closed."""
+    rows = [f"| model | test acc (%), mean ± sd over {len(jobs)} runs | params |", "|---|---:|---:|"]
+    for stage, label in LABELS.items():
+        accs = [100 * j[f"{stage}_test_acc"] for j in jobs]
+        rows.append(f"| {label} | {_mean_spread(accs)} | {jobs[0][f'{stage}_params']:,} |")
+    gains = [j["distill_gain_pp"] for j in jobs]
+    wins = sum(g > 0 for g in gains)
+    gaps = [j["gap_closed_pct"] for j in jobs if j.get("gap_closed_pct") is not None]
+    lines = ["", f"distilled - baseline: {_mean_spread(gains)} points (better in {wins} of {len(jobs)} runs)"]
+    if gaps:
+        lines.append(f"teacher-student gap closed: {_mean_spread(gaps)} %")
+    return "\n".join(rows + lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Mean and spread of distillation runs (e.g. seeds).")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run directories or multirun folders")
+    args = parser.parse_args(argv)
+    jobs = find_job_summaries(args.dirs)
+    if not jobs:
+        raise SystemExit(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
+    print(seeds_table(jobs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Where the distilled student's soft targets come from: a per-sample cache, or the live teacher.
+
+Both run the teacher in ``eval()`` (dropout off, BatchNorm on its running statistics, which
+therefore never change) under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from labkit.data.loader import Batch
+from labkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def freeze_teacher(teacher: nn.Module) -> nn.Module:
+    """Evaluation mode and no gradients: distillation must not change the teacher in any way."""
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+class LiveTeacher:
+    """Runs the teacher on the very batch the student sees (needed when inputs are augmented)."""
+
+    cached = False
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = freeze_teacher(teacher)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        self.teacher.eval()
+        with torch.inference_mode():
+            logits = self.teacher(batch.inputs)
+        return logits.clone()  # a normal tensor, usable by autograd outside inference mode
+
+
+class CachedTeacher:
+    """Teacher logits computed once per training sample, looked up by the batch's sample index.
+
+    The cache is filled by scattering each batch's logits to ``cache[batch.index]``, so it is
+    correct whatever order the filling loader visits the samples in, and a shuffled training
+    batch finds its own samples' logits. Only valid when the student sees un-augmented inputs.
+    """
+
+    cached = True
+
+    def __init__(self, teacher: nn.Module, loader: Iterable[Batch], num_samples: int) -> None:
+        teacher = freeze_teacher(teacher)
+        cache: torch.Tensor | None = None
+        filled: torch.Tensor | None = None
+        with torch.inference_mode():
+            for batch in loader:
+                logits = teacher(batch.inputs).float()
+                if cache is None:
+                    cache = logits.new_zeros((num_samples, logits.shape[1]))
+                    filled = torch.zeros(num_samples, dtype=torch.bool, device=logits.device)
+                cache[batch.index] = logits
+                filled[batch.index] = True
+        if cache is None or not bool(filled.all()):
+            raise RuntimeError("the teacher cache loader did not visit every training sample")
+        self.logits = cache.clone()  # a normal tensor, outside inference mode
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return self.logits[batch.index]
+
+
+def use_teacher_cache(setting: Any, augmented: bool) -> bool:
+    """Resolve ``distill.cache_teacher`` (auto | true | false) against the data's augmentation."""
+    if not (setting == "auto" or isinstance(setting, bool)):
+        raise ConfigError(f"distill.cache_teacher={setting!r} is invalid: expected auto, true or false")
+    if setting == "auto":
+        return not augmented
+    if setting is True and augmented:
+        raise ConfigError(
+            "distill.cache_teacher=true is invalid with data augmentation on: cached logits belong "
+            "to the un-augmented images; use auto or false (the teacher then sees each augmented batch)"
+        )
+    return bool(setting)
+
+
+def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any) -> CachedTeacher | LiveTeacher:
+    """The provider ``distill.cache_teacher`` asks for, for the training split of ``datamodule``."""
+    augmented = getattr(datamodule, "augment", None) is not None
+    if use_teacher_cache(setting, augmented):
+        num_samples = datamodule.split_size("train")
+        log.info("caching teacher logits for %d training samples", num_samples)
+        loader = datamodule.loader("train")
+        # every sample once, in order: no random numbers drawn, no sample dropped
+        loader.shuffle, loader.drop_last = False, False
+        return CachedTeacher(teacher, loader, num_samples)
+    log.info("running the teacher live on every training batch")
+    return LiveTeacher(teacher)

@@ -1,0 +1,65 @@
+"""What `python eval.py` does: rebuild a model from its checkpoint and report on the test set."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from labkit.analysis.confusion import confusion_matrix, per_class_accuracy, plot_confusion
+from labkit.engine import Engine, load_checkpoint, resolve_device
+from labkit.engine.checkpoint import load_model_weights
+from labkit.errors import CheckpointError
+from labkit.tracking import write_json
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Test loss / accuracy, per-class accuracy and confusion matrix of ``cfg.ckpt_path``."""
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    state = load_checkpoint(ckpt_path)
+    if "config" not in state:
+        raise CheckpointError(f"checkpoint {ckpt_path} carries no config to rebuild the model from")
+    run_cfg = OmegaConf.create(state["config"])
+    for key, value in cfg.data.items():
+        if value is not None:
+            run_cfg.data[key] = value
+    device = resolve_device(cfg.device)
+    datamodule = instantiate(run_cfg.data)
+    datamodule.setup(device)
+    model = instantiate(run_cfg.model).to(device)
+    load_model_weights(model, state["model"], ckpt_path)
+
+    engine = Engine(model, optimizer=None, device=device)  # type: ignore[arg-type]
+    test = engine.evaluate(datamodule.loader("test"))
+    matrix = confusion_matrix(model, datamodule.loader("test"), datamodule.num_classes)
+    per_class = per_class_accuracy(matrix)
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(matrix, out / "confusion_matrix.png", title=f"{ckpt_path.parent.parent.name}: test set")
+    with open(out / "per_class.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "images", "accuracy"])
+        for i, acc in enumerate(per_class):
+            writer.writerow([i, int(matrix[i].sum()), "" if acc is None else f"{acc:.6f}"])
+    result = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), "test_loss": test["loss"],
+              "test_acc": test["acc"], "per_class_acc": per_class,
+              "confusion_matrix": matrix.tolist()}
+    write_json(out / "eval.json", result)
+
+    console = Console()
+    table = Table(title=f"{ckpt_path} (epoch {state.get('epoch')})")
+    table.add_column("class", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("accuracy", justify="right")
+    for i, acc in enumerate(per_class):
+        table.add_row(str(i), str(int(matrix[i].sum())), "-" if acc is None else f"{acc:.2%}")
+    console.print(table)
+    console.print(f"test loss {test['loss']:.4f}  test accuracy {test['acc']:.2%}  -> {out}",
+                  highlight=False)
+    return result

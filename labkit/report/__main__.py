@@ -1,0 +1,5 @@
+import sys
+
+from labkit.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""Read the jobs of a multirun (or one run) back from disk: overrides, summary, metrics, status."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from labkit.errors import LabkitError
+from labkit.tracking.files import read_metrics
+
+#: a job without summary.json whose files changed less than this long ago counts as running;
+#: older ones were most likely killed and count as stopped.
+STALE_AFTER_S = 3600.0
+
+
+class ReportError(LabkitError):
+    """The folder given to the report holds no run or multirun."""
+
+    exit_code = 2
+
+
+@dataclass
+class Job:
+    """One run directory as the report sees it."""
+
+    path: Path
+    name: str
+    overrides: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "completed"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        """A summary figure, falling back on what metrics.jsonl says so far (running jobs)."""
+        if self.summary.get(key) is not None:
+            return self.summary[key]
+        if key == "epochs_completed" and self.metrics:
+            return len(self.metrics)
+        if key == "best_val_acc":
+            accs = [row["val_acc"] for row in self.metrics if row.get("val_acc") is not None]
+            return max(accs) if accs else None
+        return None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``+residual=true`` -> ``("residual", True)``: the key without +/++/~ and the typed value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_override(text)
+    except Exception:  # not Hydra syntax (hand-edited file): keep the raw text
+        key, _, value = text.lstrip("+~").partition("=")
+        return key, value
+    return override.key_or_group, None if override.is_delete() else override.value()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:  # being rewritten right now
+        return {}
+
+
+def _newest_mtime(folder: Path) -> float:
+    files = [p for p in (folder / "metrics.jsonl", folder / ".hydra" / "overrides.yaml") if p.exists()]
+    files += list(folder.glob("*.log"))
+    return max((p.stat().st_mtime for p in files), default=0.0)
+
+
+def job_status(summary: dict[str, Any], folder: Path, now: float | None = None) -> str:
+    """completed / failed / interrupted from summary.json; running or stopped when it is missing."""
+    if summary:
+        return str(summary.get("status") or ("completed" if "test_acc" in summary else "failed"))
+    age = (now or time.time()) - _newest_mtime(folder)
+    return "running" if age < STALE_AFTER_S else "stopped"
+
+
+def load_job(folder: Path, now: float | None = None) -> Job:
+    """Everything the report needs from one run directory."""
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    items = [str(x) for x in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    config_file = folder / ".hydra" / "config.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.is_file() else {}
+    summary = _read_json(folder / "summary.json")
+    metrics_file = folder / "metrics.jsonl"
+    return Job(
+        path=folder,
+        name=folder.name,
+        overrides=dict(parse_override(item) for item in items),
+        summary=summary,
+        metrics=read_metrics(metrics_file) if metrics_file.is_file() else [],
+        status=job_status(summary, folder, now),
+        config=config if isinstance(config, dict) else {},
+    )
+
+
+def _job_order(path: Path) -> tuple[int, int, str]:
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def find_job_dirs(folder: str | Path) -> list[Path]:
+    """The run directories under ``folder``: itself for a single run, else its job folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder} is not a folder")
+    if (folder / ".hydra").is_dir():
+        return [folder]
+    jobs = sorted((d for d in folder.iterdir() if (d / ".hydra").is_dir()), key=_job_order)
+    if not jobs:
+        raise ReportError(f"{folder} holds no run: expected a run directory (with .hydra/) or a "
+                          f"multirun directory whose job folders have one")
+    return jobs
+
+
+def load_jobs(folder: str | Path) -> list[Job]:
+    """All jobs of a multirun directory (or the one run of a run directory), in job order."""
+    now = time.time()
+    return [load_job(d, now) for d in find_job_dirs(folder)]
