@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from labkit.cli import run_task
 from labkit.config.resolvers import register_resolvers
 from labkit.distill import distill
+from labkit.engine.distributed import join_process_group
 
 register_resolvers()
 
@@ -20,4 +21,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    join_process_group()  # under torchrun: one process group, one run directory
     main()

@@ -97,6 +97,29 @@ def finished_summary(run_dir: Path, state: dict[str, Any], epochs: int) -> dict[
     return None
 
 
+def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on: str) -> dict[str, Any]:
+    """Fit, put back the weights to test (``best`` or ``last``), test: the summary's core fields."""
+    start = time.perf_counter()
+    engine.fit(train_loader, val_loader)
+    if test_on == "best":
+        engine.load_best()
+    test = engine.evaluate(test_loader)
+    return {
+        "status": "completed",
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": engine.best_val_acc,
+        "best_epoch": engine.best_epoch,
+        "final_val_acc": engine.history[-1].get("val_acc"),
+        "final_train_loss": engine.history[-1]["train_loss"],
+        "epochs_completed": engine.epoch,
+        "train_time_s": engine.train_time_s,
+        "train_images_per_s": engine.throughput,
+        "total_time_s": time.perf_counter() - start,
+        "test_on": test_on,
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model as configured; returns the summary (also in summary.json)."""
     validate_config(cfg)
@@ -165,29 +188,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(tracker, FileTracker) and resume_state is not None:
             tracker.restart_from(engine.history)
     status = "failed"
-    start = time.perf_counter()
     try:
         train_loader = datamodule.loader(
             "train", generator, augment_generator=distributed.augment_generator(cfg, ctx, device), **shard)
-        engine.fit(train_loader, val_loader)
-        if cfg.trainer.test_on == "best":
-            engine.load_best()
-        test = engine.evaluate(datamodule.loader("test", **shard))
-        summary = {
-            "status": "completed",
-            "test_acc": test["acc"],
-            "test_loss": test["loss"],
-            "best_val_acc": engine.best_val_acc,
-            "best_epoch": engine.best_epoch,
-            "final_val_acc": engine.history[-1].get("val_acc"),
-            "final_train_loss": engine.history[-1]["train_loss"],
-            "epochs_completed": engine.epoch,
-            "train_time_s": engine.train_time_s,
-            "train_images_per_s": engine.throughput,
-            "total_time_s": time.perf_counter() - start,
-            "test_on": cfg.trainer.test_on,
-            **info,
-        }
+        summary = {**fit_and_test(engine, train_loader, val_loader, datamodule.loader("test", **shard),
+                                  cfg.trainer.test_on), **info}
         trackers.log_summary(summary)
         status = "completed"
     except BaseException as exc:

@@ -15,7 +15,8 @@ from torch import nn
 import labkit.distill.pipeline as pipeline
 from labkit.data import MNISTFamily
 from labkit.distill import CachedTeacher, DistillationCriterion, LiveTeacher, kd_loss, teacher_outputs
-from labkit.distill.report import gap_closed, seeds_table
+from labkit.distill.aggregate import seeds_table
+from labkit.distill.report import gap_closed
 from labkit.distill.teacher import use_teacher_cache
 from labkit.engine import Engine
 from labkit.errors import ConfigError

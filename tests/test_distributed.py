@@ -60,3 +60,21 @@ def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
     result = run_cli("train.py", "trainer=ddp", f"paths.log_dir={tmp_path}", "logger=none")
     assert result.returncode == 2
     assert "torchrun" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_distill_writes_one_set_of_stage_outputs(data_root, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29733",
+         str(ROOT / "distill.py"), "trainer=ddp", f"data.root={data_root}", "data.val_size=100",
+         "data.batch_size=50", "trainer.epochs=1", "teacher.width=32", "student.width=8",
+         f"paths.log_dir={tmp_path}", "logger=none"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "distill" / "runs").iterdir()
+    for name in ("teacher.pth", "student_baseline.pth", "student_distill.pth", "comparison.md",
+                 "summary.json"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["same_initial_weights"] is True
+    assert summary["stages_run"] == ["teacher", "student_baseline", "student_distill"]

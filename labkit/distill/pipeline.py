@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,12 @@ from labkit.distill.stages import (
     weights_sha256,
 )
 from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs, use_teacher_cache
-from labkit.engine import Engine, cross_entropy, resolve_device, seed_everything
+from labkit.engine import Engine, cross_entropy, distributed, resolve_device, seed_everything
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import ConfigError
 from labkit.models import describe_model
-from labkit.tracking import config_tree, write_json
-from labkit.training import build_optimization, build_trackers, resolve_precision
+from labkit.tracking import TrackerGroup, config_tree, write_json
+from labkit.training import build_optimization, build_trackers, fit_and_test, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +85,20 @@ class Context:
     console: Console
     wandb_group: str
     ran: list[str] = field(default_factory=list)
+    dist: distributed.DistContext = field(default_factory=distributed.DistContext)
+
+    def loader(self, split: str, generator: torch.Generator | None = None):
+        """This rank's loader over ``split`` (the whole split in a single process)."""
+        aug = distributed.augment_generator(self.cfg, self.dist, self.device) if split == "train" else None
+        return self.datamodule.loader(split, generator, rank=self.dist.rank,
+                                      world_size=self.dist.world_size, augment_generator=aug)
+
+    def trackers(self, stage: str):
+        """Console, files and W&B for ``stage`` on rank 0; nothing on the other ranks."""
+        if not self.dist.is_main:
+            return TrackerGroup()
+        return build_trackers(self.cfg, self.run_dir / stage, self.console, job_type=stage,
+                              group=self.wandb_group, name=f"{self.wandb_group}/{stage}")
 
     @property
     def seed(self) -> int:
@@ -108,7 +121,7 @@ def data_info(ctx: Context) -> dict[str, Any]:
 
 
 def _val_loader(ctx: Context):
-    return ctx.datamodule.loader("val") if ctx.datamodule.split_size("val") else None
+    return ctx.loader("val") if ctx.datamodule.split_size("val") else None
 
 
 def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cross_entropy,
@@ -119,8 +132,7 @@ def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cros
     model = model.to(ctx.device)
     optimizer, scheduler = build_optimization(cfg, model)
     info = {"stage": stage, **describe_model(model), **data_info(ctx), **(extra or {})}
-    trackers = build_trackers(cfg, stage_dir, ctx.console, job_type=stage, group=ctx.wandb_group,
-                              name=f"{ctx.wandb_group}/{stage}")
+    trackers = ctx.trackers(stage)
     # the same random stream for every stage: identical batch order and dropout masks
     seed_everything(ctx.seed, cfg.trainer.deterministic)
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
@@ -135,28 +147,14 @@ def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cros
         precision=ctx.precision,
         grad_clip=cfg.trainer.grad_clip,
         extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "stage": stage},
+        dist=ctx.dist,
     )
     ctx.console.rule(f"[bold]{stage}")
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
     status = "failed"
     try:
-        start = time.perf_counter()
-        engine.fit(ctx.datamodule.loader("train", generator), _val_loader(ctx))
-        if cfg.trainer.test_on == "best":
-            engine.load_best()
-        test = engine.evaluate(ctx.datamodule.loader("test"))
-        summary = {
-            "status": "completed",
-            "test_acc": test["acc"],
-            "test_loss": test["loss"],
-            "best_val_acc": engine.best_val_acc,
-            "best_epoch": engine.best_epoch,
-            "epochs_completed": engine.epoch,
-            "train_time_s": engine.train_time_s,
-            "train_images_per_s": engine.throughput,
-            "total_time_s": time.perf_counter() - start,
-            **info,
-        }
+        summary = {**fit_and_test(engine, ctx.loader("train", generator), _val_loader(ctx),
+                                  ctx.loader("test"), cfg.trainer.test_on), **info}
         trackers.log_summary(summary)
         status = "completed"
     finally:
@@ -167,17 +165,16 @@ def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cros
 def evaluate_stage(ctx: Context, stage: str, model: torch.nn.Module, source: str) -> dict[str, Any]:
     """Test a model that was loaded, not trained (the teacher from ``distill.teacher_ckpt``)."""
     model = model.to(ctx.device)
-    engine = Engine(model, None, device=ctx.device, precision=ctx.precision)
+    engine = Engine(model, None, device=ctx.device, precision=ctx.precision, dist=ctx.dist)
     info = {"stage": stage, "source": source, **describe_model(model), **data_info(ctx)}
-    trackers = build_trackers(ctx.cfg, ctx.run_dir / stage, ctx.console, job_type=stage,
-                              group=ctx.wandb_group, name=f"{ctx.wandb_group}/{stage}")
+    trackers = ctx.trackers(stage)
     ctx.console.rule(f"[bold]{stage} (loaded from {source})")
     trackers.start(OmegaConf.to_container(ctx.cfg, resolve=True), info)
     status = "failed"
     try:
         val_loader = _val_loader(ctx)
         val = engine.evaluate(val_loader) if val_loader is not None else {"acc": None}
-        test = engine.evaluate(ctx.datamodule.loader("test"))
+        test = engine.evaluate(ctx.loader("test"))
         summary = {"status": "loaded", "test_acc": test["acc"], "test_loss": test["loss"],
                    "best_val_acc": val["acc"], "epochs_completed": 0, **info}
         trackers.log_summary(summary)
@@ -201,7 +198,8 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     else:
         summary, history = train_stage(ctx, "teacher", teacher)
     summary["weights_sha256"] = weights_sha256(teacher.state_dict())
-    save_stage(ctx.run_dir, "teacher", teacher, summary, history, settings)
+    if ctx.dist.is_main:
+        save_stage(ctx.run_dir, "teacher", teacher, summary, history, settings)
     ctx.ran.append("teacher")
     return {"summary": summary, "history": history, "model": teacher.state_dict()}
 
@@ -240,7 +238,8 @@ def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
                       "teacher_outputs": "cached" if outputs.cached else "live",
                       "teacher_sha256": teacher_sha})
     summary, history = train_stage(ctx, stage, student, criterion, extra)
-    save_stage(ctx.run_dir, stage, student, summary, history, settings)
+    if ctx.dist.is_main:
+        save_stage(ctx.run_dir, stage, student, summary, history, settings)
     ctx.ran.append(stage)
     return {"summary": summary, "history": history}
 
@@ -269,14 +268,15 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     validate_distill_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.trainer.device)
-    console = Console()
+    dist = distributed.context(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    device = distributed.rank_device(resolve_device(cfg.trainer.device), dist)
+    console = Console(quiet=not dist.is_main)  # under torchrun only rank 0 talks
     console.print(config_tree(cfg))
     log.info("building data <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
     datamodule.setup(device)
     ctx = Context(cfg, run_dir, device, resolve_precision(cfg.trainer.precision, device), datamodule,
-                  console, wandb_group_name(cfg, run_dir))
+                  console, wandb_group_name(cfg, run_dir), dist=dist)
 
     teacher = run_teacher(ctx)
     init_state = fresh_student_state(ctx)
@@ -286,6 +286,8 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
         "student_distill": run_student(ctx, "student_distill", init_state, teacher),
     }
     summary = combined_summary(results, ctx.ran)
+    if not dist.is_main:
+        return summary
     write_json(run_dir / "summary.json", summary)
     write_comparison(run_dir, {k: v["summary"] for k, v in results.items()},
                      {k: v["history"] for k, v in results.items()}, console)
