@@ -12,7 +12,7 @@ import torch
 from labkit.data.augment import build_augment
 from labkit.data.loader import Augment, TensorLoader
 from labkit.data.transfer import to_device
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, DataError
 
 
 @dataclass
@@ -70,6 +70,24 @@ class ImageDataModule:
 
     def load_raw(self) -> RawSplits:
         raise NotImplementedError
+
+    def missing_files(self) -> list[str]:
+        """Files this dataset needs that are not on disk (none for generated data)."""
+        return []
+
+    def download_files(self) -> None:
+        raise DataError(f"{self.name} cannot be downloaded")
+
+    def require_files(self, folder: Path, relative: str, kinds: str = "") -> None:
+        """Download what is missing when ``data.download`` allows it, else stop with one line."""
+        if self.missing_files() and self.download:
+            self.download_files()
+        missing = self.missing_files()
+        if missing:
+            raise DataError(
+                f"{self.name} not found: {folder} lacks {', '.join(missing)}{kinds}. Set "
+                f"data.download=true to fetch them, or data.root=DIR where DIR/{relative}/ holds them"
+            )
 
     def setup(self, device: torch.device | str = "cpu") -> None:
         """Decode the data once, split off validation, and move everything to ``device``."""

@@ -99,16 +99,11 @@ class CIFAR(ImageDataModule):
         names = self.layout.train_files + self.layout.test_files
         return [name for name in names if not (self.folder / name).is_file()]
 
+    def download_files(self) -> None:
+        download_cifar(self.layout, self.root)
+
     def load_raw(self) -> RawSplits:
-        if self.missing_files() and self.download:
-            download_cifar(self.layout, self.root)
-        missing = self.missing_files()
-        if missing:
-            raise DataError(
-                f"{self.name} not found: {self.folder} lacks {', '.join(missing)}. Set "
-                f"data.download=true to fetch them, or data.root=DIR where DIR/{self.layout.folder}/ "
-                f"holds them"
-            )
+        self.require_files(self.folder, self.layout.folder)
         if self.num_classes != self.layout.num_classes or self.in_channels != 3 or self.image_size != 32:
             raise DataError(f"{self.name} has {self.layout.num_classes} classes of 3x32x32 images; the "
                             f"config says num_classes={self.num_classes}, in_channels={self.in_channels}, "

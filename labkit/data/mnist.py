@@ -71,16 +71,11 @@ class MNISTFamily(ImageDataModule):
     def missing_files(self) -> list[str]:
         return [stem for stem in FILES.values() if find_idx_file(self.raw_dir, stem) is None]
 
+    def download_files(self) -> None:
+        download_raw(self.folder, self.root)
+
     def load_raw(self) -> RawSplits:
-        if self.missing_files() and self.download:
-            download_raw(self.folder, self.root)
-        missing = self.missing_files()
-        if missing:
-            raise DataError(
-                f"{self.folder} not found: {self.raw_dir} lacks {', '.join(missing)} (.gz or "
-                f"plain IDX). Set data.download=true to fetch them, or data.root=DIR where "
-                f"DIR/{self.folder}/raw/ holds them (e.g. data.root=../shared/datasets)"
-            )
+        self.require_files(self.raw_dir, f"{self.folder}/raw", " (.gz or plain IDX)")
         tensors = {
             key: read_idx(find_idx_file(self.raw_dir, stem)) for key, stem in FILES.items()
         }
