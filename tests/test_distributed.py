@@ -55,6 +55,18 @@ def test_torchrun_two_ranks_matches_one_process(data_root, tmp_path):
     assert sa["test_acc"] == pytest.approx(sb["test_acc"], abs=1e-9)  # metrics reduced over ranks
     assert sa["train_size"] == sb["train_size"]
 
+    # resume under DDP: the same run directory, one more epoch
+    resumed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29732",
+         str(ROOT / "train.py"), "trainer=ddp", *args(data_root, tmp_path / "ddp"),
+         f"hydra.run.dir={run}", "trainer.epochs=2", "trainer.resume=true"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
 
 def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
     result = run_cli("train.py", "trainer=ddp", f"paths.log_dir={tmp_path}", "logger=none")
