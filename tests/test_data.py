@@ -10,6 +10,7 @@ import torch
 
 from labkit.data import MNISTFamily, TensorLoader
 from labkit.data.idx import read_idx, write_idx
+from labkit.data.mnist import FILES
 from labkit.errors import ConfigError, DataError
 
 from .conftest import ROOT, write_mnist_folder
@@ -108,3 +109,22 @@ def test_generated_folder_helper_is_readable(tmp_path):
     write_mnist_folder(tmp_path, n_train=20, n_test=10)
     raw = MNISTFamily(root=tmp_path).load_raw()
     assert raw.train_images.shape == (20, 1, 28, 28) and raw.test_targets.dtype == torch.int64
+
+
+def test_interrupted_download_leaves_nothing_that_looks_like_data(tmp_path, monkeypatch):
+    """A download that dies half-way must not be taken for a dataset by the next run."""
+    import torchvision.datasets as tvd
+
+    class DyingDownload:
+        def __init__(self, root, train, download):
+            raw = tmp_path.joinpath(root, "MNIST", "raw")
+            raw.mkdir(parents=True)
+            (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b half a file")
+            raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(tvd, "MNIST", DyingDownload)
+    data = MNISTFamily(root=tmp_path, download=True)
+    with pytest.raises(DataError, match="could not download MNIST.*connection reset"):
+        data.setup()
+    assert data.missing_files() == list(FILES.values())
+    assert not any(p.name.startswith(".download-") for p in tmp_path.iterdir())
