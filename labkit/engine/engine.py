@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -260,12 +261,11 @@ class Engine:
                 train = self.train_epoch(train_loader, steps)
                 if train is None:
                     self.save(is_best=False)
-                    raise RunInterrupted(
-                        f"stopped by signal {self.stop.signum} at epoch {self.epoch}; a checkpoint "
-                        f"was written to {self.checkpoint_dir}; re-run the same command with "
-                        f"trainer.resume=true to continue",
-                        self.stop.signum,
-                    )
+                    where = (f"a checkpoint was written to {self.checkpoint_dir}; re-run the same "
+                             f"command with trainer.resume=true to continue" if self.checkpoint_dir
+                             else "no checkpoint was written (trainer.checkpoint=false)")
+                    raise RunInterrupted(f"stopped by signal {self.stop.signum} at epoch {self.epoch}; "
+                                         f"{where}", self.stop.signum or signal.SIGTERM)
                 row: dict[str, Any] = {"epoch": self.epoch, **train}
                 if val_loader is not None:
                     val = self.evaluate(val_loader)
@@ -280,11 +280,11 @@ class Engine:
                 self.history.append(row)
                 self.trackers.log_epoch(row)
                 self.save(improved)
-                if self.stop.requested and self.epoch < self.epochs:
+                if any_rank(self.stop.requested, self.device) and self.epoch < self.epochs:
                     raise RunInterrupted(
                         f"stopped by signal {self.stop.signum} after epoch {self.epoch}; re-run the "
                         f"same command with trainer.resume=true to continue",
-                        self.stop.signum,
+                        self.stop.signum or signal.SIGTERM,
                     )
         for callback in self.callbacks:
             callback.on_fit_end(self)
