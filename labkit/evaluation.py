@@ -34,7 +34,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     model = instantiate(run_cfg.model).to(device)
     load_model_weights(model, state["model"], ckpt_path)
 
-    engine = Engine(model, optimizer=None, device=device)  # type: ignore[arg-type]
+    engine = Engine(model, optimizer=None, device=device)  # evaluation only
     test = engine.evaluate(datamodule.loader("test"))
     matrix = confusion_matrix(model, datamodule.loader("test"), datamodule.num_classes)
     per_class = per_class_accuracy(matrix)

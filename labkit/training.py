@@ -184,9 +184,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         console.print(f"resuming from {ckpt_path} at epoch {engine.epoch}", highlight=False)
     val_loader = datamodule.loader("val", **shard) if datamodule.split_size("val") else None
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
-    for tracker in trackers.trackers:
-        if isinstance(tracker, FileTracker) and resume_state is not None:
-            tracker.restart_from(engine.history)
+    if resume_state is not None:  # metrics.jsonl: the checkpoint's epochs, not rows logged after it
+        for tracker in trackers.trackers:
+            if isinstance(tracker, FileTracker):
+                tracker.restart_from(engine.history)
     status = "failed"
     try:
         train_loader = datamodule.loader(

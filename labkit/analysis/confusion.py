@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from labkit.analysis.figures import pyplot, save_figure
 from labkit.data.loader import Batch
 
 
@@ -33,11 +34,7 @@ def per_class_accuracy(matrix: torch.Tensor) -> list[float | None]:
 
 
 def plot_confusion(matrix: torch.Tensor, path: str | Path, title: str = "confusion matrix") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = matrix.shape[0]
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
     image = ax.imshow(matrix.numpy(), cmap="Blues")
@@ -53,8 +50,4 @@ def plot_confusion(matrix: torch.Tensor, path: str | Path, title: str = "confusi
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

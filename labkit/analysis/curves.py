@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit.analysis.figures import pyplot, save_figure
+
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Draw ``curves.png`` from per-epoch metric rows and return its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
@@ -29,8 +27,4 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

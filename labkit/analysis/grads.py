@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit.analysis.figures import pyplot, save_figure
 from labkit.errors import ConfigError
 
 RECORD = "grad_norms.json"
@@ -70,14 +71,6 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 
 
 # -- figures ----------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _values(record: dict[str, Any], when: str) -> list[float]:
     return [float("nan") if v is None else v for v in record.get(when) or []]
@@ -104,7 +97,7 @@ def _run_colors(plt, records: list[dict[str, Any]]) -> list[Any]:
 
 def plot_grad_norms(record: dict[str, Any], out: str | Path, title: str = "") -> Path:
     """One run: block gradient norm against depth, at initialisation and after training."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for when, label in PROBES:
         if record.get(when):
@@ -112,11 +105,7 @@ def plot_grad_norms(record: dict[str, Any], out: str | Path, title: str = "") ->
     _style_axis(ax, title or f"gradient norms per block ({record.get('model', 'model')}, "
                              f"{record.get('skip_connections', 0)} skips)")
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_grad_norm_comparison(run_dirs: list[Path], out: Path,
@@ -130,7 +119,7 @@ def plot_grad_norm_comparison(run_dirs: list[Path], out: Path,
             if (rec := load_grad_norms(d)) is not None]
     if not runs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for (label, record), color in zip(runs, _run_colors(plt, [rec for _, rec in runs]), strict=True):
         style = "--" if record.get("skip_connections") else "-"
@@ -142,12 +131,7 @@ def plot_grad_norm_comparison(run_dirs: list[Path], out: Path,
         _style_axis(ax, f"gradient norms per block, {title}")
     axes[1].legend(fontsize=8, loc="best")
     fig.suptitle("solid: plain, dashed: with skip connections", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 # -- table ------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from labkit.data.base import ImageDataModule, RawSplits
+from labkit.data.download import torchvision_download
 from labkit.errors import DataError
 
 
@@ -59,23 +59,13 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Te
 
 
 def download_cifar(layout: CifarLayout, root: Path) -> None:
-    """Download through torchvision into a temporary folder, then move the folder into place."""
-    import torchvision.datasets as tvd
-
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-        try:
-            getattr(tvd, layout.torchvision_class)(root=tmp, train=True, download=True)
-        except Exception as exc:  # network errors come in many types
-            raise DataError(
-                f"could not download {layout.torchvision_class} into {root / layout.folder} "
-                f"({type(exc).__name__}: {exc}); unpack the python version of the archive there by "
-                f"hand or point data.root at a folder holding {layout.folder}/"
-            ) from exc
-        target = root / layout.folder
+    """Download through torchvision, then move the finished folder into place."""
+    target = root / layout.folder
+    with torchvision_download(layout.torchvision_class, root, target,
+                              "unpack the python version of the archive there by hand") as tmp:
         if target.exists():
             shutil.rmtree(target)
-        shutil.move(str(Path(tmp) / layout.folder), target)
+        shutil.move(str(tmp / layout.folder), target)
 
 
 class CIFAR(ImageDataModule):

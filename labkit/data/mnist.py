@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from labkit.data.base import ImageDataModule, RawSplits
+from labkit.data.download import torchvision_download
 from labkit.data.idx import read_idx
 from labkit.errors import DataError
 
@@ -32,25 +32,12 @@ def find_idx_file(raw_dir: Path, stem: str) -> Path | None:
 
 
 def download_raw(folder: str, root: Path) -> None:
-    """Download through torchvision into a temporary folder, then move the files in place.
-
-    Nothing half-written is ever left in ``root``: files only appear there once complete.
-    """
-    import torchvision.datasets as tvd
-
+    """Download through torchvision, then move the finished ``.gz`` files into ``raw/``."""
     raw_dir = root / folder / "raw"
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-        try:
-            getattr(tvd, _DOWNLOADERS[folder])(root=tmp, train=True, download=True)
-        except Exception as exc:  # network errors come in many types
-            raise DataError(
-                f"could not download {folder} into {raw_dir} ({type(exc).__name__}: {exc}); "
-                f"copy the four IDX files there by hand or point data.root at a folder holding "
-                f"{folder}/raw/"
-            ) from exc
+    with torchvision_download(_DOWNLOADERS[folder], root, raw_dir,
+                              "copy the four IDX files there by hand") as tmp:
         raw_dir.mkdir(parents=True, exist_ok=True)
-        for path in (Path(tmp) / folder / "raw").glob("*.gz"):
+        for path in (tmp / folder / "raw").glob("*.gz"):
             shutil.move(str(path), raw_dir / path.name)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
+from labkit.analysis.figures import pyplot, save_figure
+
 LABELS = {
     "teacher": "teacher",
     "student_baseline": "student baseline",
@@ -63,11 +65,7 @@ def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
 def plot_comparison(summaries: dict[str, dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
                     path: Path) -> Path:
     """Validation accuracy per epoch of the three models, and a bar chart of test accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
     for stage, label in LABELS.items():
         rows = [r for r in histories.get(stage, []) if r.get("val_acc") is not None]
@@ -85,10 +83,7 @@ def plot_comparison(summaries: dict[str, dict[str, Any]], histories: dict[str, l
     low = min(accs)
     bars.set_ylim(max(0.0, low - max(2.0, 0.5 * (max(accs) - low))), min(100.0, max(accs) + 1.0))
     bars.set(ylabel="test accuracy (%)", title="test accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(run_dir: Path, summaries: dict[str, dict[str, Any]],

@@ -49,12 +49,13 @@ class Engine:
     ``log_every_n_steps`` steps and at the end of an epoch, so CUDA never waits on Python.
     After each epoch ``last.pt`` is written atomically and copied to ``best.pt`` when the
     validation accuracy improves; the best weights are also kept in memory for the test.
+    With ``optimizer=None`` it only evaluates (eval.py, a loaded teacher).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         scheduler: Any | None = None,
         *,
         device: torch.device | str = "cpu",

@@ -9,17 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.analysis.figures import pyplot, save_figure
 from labkit.report.jobs import Job
 from labkit.report.table import accuracy_key, format_value, swept_keys
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
@@ -104,7 +96,7 @@ def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Seri
 
 def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
     """Test accuracy (see ``accuracy_key``) against ``key``, one line per :func:`accuracy_series`."""
-    plt = _pyplot()
+    plt = pyplot()
     positions, series = accuracy_series(jobs, key)
     numeric = all(_is_number(x) for x in positions)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -132,10 +124,7 @@ def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
     ax.set_ylabel(f"{name} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title=", ".join(short_names(others).values()) or None, title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _std(values: list[float]) -> float:
@@ -150,7 +139,7 @@ def plot_learning_curves(jobs: Sequence[Job], out: Path) -> Path | None:
     with_metrics = [j for j in jobs if j.metrics]
     if not with_metrics:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     keys = swept_keys(jobs)
     has_val = any(row.get("val_acc") is not None for j in with_metrics for row in j.metrics)
     acc_key = "val_acc" if has_val else "train_acc"
@@ -184,10 +173,7 @@ def plot_learning_curves(jobs: Sequence[Job], out: Path) -> Path | None:
     else:
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("learning curves of all jobs", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, bbox_inches="tight")
 
 
 def plot_grad_norms(jobs: Sequence[Job], out: Path) -> Path | None:

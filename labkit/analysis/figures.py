@@ -1,0 +1,28 @@
+"""The two steps every labkit figure shares: a headless pyplot, and saving then closing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed: CI, clusters, SSH)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Lay out, write ``path`` (110 dpi PNG, folder created) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, **savefig_kwargs)
+    plt.close(fig)
+    return path
