@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from labkit.data import SyntheticImages
 from labkit.engine import Engine
-from labkit.engine.accel import accelerate, resolve_precision
+from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
 from labkit.engine.optim import build_optimizer
 from labkit.models import FlexibleCNN, count_parameters
 
@@ -50,12 +50,13 @@ def time_engine(data: SyntheticImages, layers: list[int], args, fast: bool) -> f
     device = torch.device(args.device)
     model = make_model(layers, args.width).to(device)
     if fast:
-        accelerate(model, device, compile=args.compile)
+        plan = plan_fast_path("auto", device, model, compile=args.compile)
+        apply_fast_path(model, plan)
     else:
+        plan = FastPath()
         torch.backends.cudnn.benchmark = False
     optimizer = build_optimizer(functools.partial(torch.optim.Adam, lr=1e-3), model)
-    precision = resolve_precision("auto" if fast else "fp32", device)
-    engine = Engine(model, optimizer, device=device, precision=precision, log_every_n_steps=10**9)
+    engine = Engine(model, optimizer, device=device, precision=plan.precision, log_every_n_steps=10**9)
     loader = data.loader("train", torch.Generator(device=device).manual_seed(0))
     loader.drop_last = True
     warm = data.loader("train", torch.Generator(device=device).manual_seed(1))

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from labkit.analysis.confusion import confusion_matrix, per_class_accuracy, plot_confusion
-from labkit.engine import Engine, load_checkpoint, resolve_device
+from labkit.engine import load_checkpoint
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import CheckpointError
+from labkit.run import Runtime, build_engine, build_model
 from labkit.tracking import write_json
 
 
@@ -28,15 +29,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     for key, value in cfg.data.items():
         if value is not None:
             run_cfg.data[key] = value
-    device = resolve_device(cfg.device)
+    # the run's own trainer settings (precision, fast path), on this command's device
+    rt = Runtime.from_config(run_cfg.trainer, device=cfg.device, single_process=True)
     datamodule = instantiate(run_cfg.data)
-    datamodule.setup(device)
-    model = instantiate(run_cfg.model).to(device)
-    load_model_weights(model, state["model"], ckpt_path)
+    datamodule.setup(rt.device)
+    prepared = build_model(run_cfg.model, rt)
+    load_model_weights(prepared.module, state["model"], ckpt_path)
 
-    engine = Engine(model, optimizer=None, device=device)  # evaluation only
+    engine = build_engine(run_cfg, prepared, rt, train=False)
     test = engine.evaluate(datamodule.loader("test"))
-    matrix = confusion_matrix(model, datamodule.loader("test"), datamodule.num_classes)
+    with engine.autocast():
+        matrix = confusion_matrix(prepared.module, datamodule.loader("test"), datamodule.num_classes)
     per_class = per_class_accuracy(matrix)
 
     out = Path(cfg.paths.output_dir)
@@ -47,7 +50,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         writer.writerow(["class", "images", "accuracy"])
         for i, acc in enumerate(per_class):
             writer.writerow([i, int(matrix[i].sum()), "" if acc is None else f"{acc:.6f}"])
-    result = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), "test_loss": test["loss"],
+    result = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), **prepared.info(),
+              "test_loss": test["loss"],
               "test_acc": test["acc"], "per_class_acc": per_class,
               "confusion_matrix": matrix.tolist()}
     write_json(out / "eval.json", result)

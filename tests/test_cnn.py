@@ -11,8 +11,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 from labkit.config.validate import validate_config
-from labkit.engine import Engine
-from labkit.engine.accel import accelerate, resolve_precision
 from labkit.errors import ConfigError
 from labkit.models import BasicBlock, Bottleneck, FlexibleCNN, count_parameters, describe_model
 from labkit.training import train
@@ -155,30 +153,7 @@ def test_bad_cnn_config_is_a_config_error(cfg_factory, override, fragment):
     assert fragment in str(info.value)
 
 
-# -- the CUDA fast path on the CPU ---------------------------------------------------------------
-@pytest.mark.parametrize("asked", ["auto", "bf16", "fp32"])
-def test_precision_is_fp32_on_cpu(asked):
-    assert resolve_precision(asked, torch.device("cpu")) == "fp32"
-    with pytest.raises(ValueError):
-        resolve_precision("fp16", torch.device("cpu"))
-
-
-def test_accelerate_changes_nothing_on_cpu():
-    model = FlexibleCNN(1, 10, [1, 1, 1, 1], width=4).eval()
-    x = torch.randn(2, 1, 28, 28)
-    before, benchmark = model(x), torch.backends.cudnn.benchmark
-    applied = accelerate(model, torch.device("cpu"), compile=True)
-    assert applied == {"channels_last": False, "cudnn_benchmark": False, "compiled": False}
-    assert torch.backends.cudnn.benchmark == benchmark
-    assert all(p.is_contiguous() for p in model.parameters())  # not channels_last
-    assert not hasattr(model, "_compiled_call_impl") or model._compiled_call_impl is None
-    assert torch.equal(model(x), before)
-    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1),
-                    precision=resolve_precision("auto", torch.device("cpu")))
-    with engine.autocast():
-        assert not torch.is_autocast_enabled("cpu") and model(x).dtype == torch.float32
-
-
+# -- fast-path settings (rules and entry points: test_fast_path.py) ------------------------------
 def test_defaults_ask_for_auto_precision_without_compile(cfg_factory):
     cfg = cfg_factory()
     assert cfg.trainer.precision == "auto" and cfg.trainer.compile is False
@@ -197,7 +172,6 @@ def test_short_cnn_training_on_generated_data(cfg_factory, tmp_path):
     summary = train(cfg)
     assert summary["test_acc"] > 0.9, summary
     assert summary["skip_connections"] == 4 and summary["model"] == "FlexibleCNN"
-    assert summary["precision"] == "fp32" and summary["fast_path"] == "off"
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["test_acc"] == summary["test_acc"]
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from labkit.config.validate import validate_config
 from labkit.errors import ConfigError
 from labkit.models import FlexibleMLP, describe_model
-from labkit.training import build_optimization
+from labkit.run import build_optimization
 
 from .conftest import CONF, compose_config
 

@@ -192,7 +192,7 @@ def recorded_stages(monkeypatch):
     real = pipeline.train_stage
 
     def recording(ctx, stage, model, *args, **kwargs):
-        starts[stage] = copy.deepcopy(model.state_dict())
+        starts[stage] = copy.deepcopy(model.module.state_dict())
         return real(ctx, stage, model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_stage", recording)

@@ -31,12 +31,11 @@ from labkit.distill.stages import (
     weights_sha256,
 )
 from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs, use_teacher_cache
-from labkit.engine import Engine, cross_entropy, distributed, resolve_device, seed_everything
+from labkit.engine import cross_entropy, distributed, seed_everything
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import ConfigError
-from labkit.models import describe_model
+from labkit.run import PreparedModel, Runtime, build_engine, build_model, build_trackers, fit_and_test
 from labkit.tracking import TrackerGroup, config_tree, write_json
-from labkit.training import build_optimization, build_trackers, fit_and_test, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +74,26 @@ def validate_distill_config(cfg: DictConfig) -> None:
 
 @dataclass
 class Context:
-    """What every stage shares: config, run directory, device, data."""
+    """What every stage shares: config, run directory, runtime (device, fast path), data."""
 
     cfg: DictConfig
     run_dir: Path
-    device: torch.device
-    precision: str
+    rt: Runtime
     datamodule: Any
     console: Console
     wandb_group: str
     ran: list[str] = field(default_factory=list)
-    dist: distributed.DistContext = field(default_factory=distributed.DistContext)
 
     def loader(self, split: str, generator: torch.Generator | None = None):
         """This rank's loader over ``split`` (the whole split in a single process)."""
-        aug = distributed.augment_generator(self.cfg, self.dist, self.device) if split == "train" else None
-        return self.datamodule.loader(split, generator, rank=self.dist.rank,
-                                      world_size=self.dist.world_size, augment_generator=aug)
+        dist, device = self.rt.dist, self.rt.device
+        aug = distributed.augment_generator(self.cfg, dist, device) if split == "train" else None
+        return self.datamodule.loader(split, generator, rank=dist.rank, world_size=dist.world_size,
+                                      augment_generator=aug)
 
     def trackers(self, stage: str):
         """Console, files and W&B for ``stage`` on rank 0; nothing on the other ranks."""
-        if not self.dist.is_main:
+        if not self.rt.dist.is_main:
             return TrackerGroup()
         return build_trackers(self.cfg, self.run_dir / stage, self.console, job_type=stage,
                               group=self.wandb_group, name=f"{self.wandb_group}/{stage}")
@@ -105,15 +103,16 @@ class Context:
         return int(self.cfg.trainer.seed)
 
 
-def build_model(ctx: Context, role: str) -> torch.nn.Module:
-    log.info("building %s <%s>", role, ctx.cfg[role]._target_)
-    return instantiate(ctx.cfg[role])
+def build_role(ctx: Context, role: str) -> PreparedModel:
+    """The ``teacher`` or ``student`` model, on the device with the run's fast path."""
+    return build_model(ctx.cfg[role], ctx.rt, role)
 
 
-def data_info(ctx: Context) -> dict[str, Any]:
+def stage_info(ctx: Context, stage: str, model: PreparedModel) -> dict[str, Any]:
+    """The stage's model table: the same fields as a train.py run's, plus the stage name."""
     return {
-        "device": str(ctx.device),
-        "precision": ctx.precision,
+        "stage": stage,
+        **model.info(),
         "train_size": ctx.datamodule.split_size("train"),
         "val_size": ctx.datamodule.split_size("val"),
         "test_size": ctx.datamodule.split_size("test"),
@@ -124,31 +123,19 @@ def _val_loader(ctx: Context):
     return ctx.loader("val") if ctx.datamodule.split_size("val") else None
 
 
-def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cross_entropy,
+def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion=cross_entropy,
                 extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fit ``model`` with ``criterion`` through the engine, test it, log it as W&B job ``stage``."""
     cfg, stage_dir = ctx.cfg, ctx.run_dir / stage
     (stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of an interrupted attempt
-    model = model.to(ctx.device)
-    optimizer, scheduler = build_optimization(cfg, model)
-    info = {"stage": stage, **describe_model(model), **data_info(ctx), **(extra or {})}
+    info = {**stage_info(ctx, stage, model), **(extra or {})}
     trackers = ctx.trackers(stage)
     # the same random stream for every stage: identical batch order and dropout masks
     seed_everything(ctx.seed, cfg.trainer.deterministic)
-    generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-    engine = Engine(
-        model, optimizer, scheduler,
-        device=ctx.device,
-        epochs=cfg.trainer.epochs,
-        criterion=criterion,
-        trackers=trackers,
-        checkpoint_dir=stage_dir / "checkpoints" if cfg.trainer.checkpoint else None,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        precision=ctx.precision,
-        grad_clip=cfg.trainer.grad_clip,
-        extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "stage": stage},
-        dist=ctx.dist,
-    )
+    generator = torch.Generator(device=ctx.rt.device).manual_seed(ctx.seed)
+    engine = build_engine(cfg, model, ctx.rt, criterion=criterion, trackers=trackers,
+                          checkpoint_dir=stage_dir / "checkpoints",
+                          extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "stage": stage})
     ctx.console.rule(f"[bold]{stage}")
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
     status = "failed"
@@ -162,11 +149,10 @@ def train_stage(ctx: Context, stage: str, model: torch.nn.Module, criterion=cros
     return summary, engine.history
 
 
-def evaluate_stage(ctx: Context, stage: str, model: torch.nn.Module, source: str) -> dict[str, Any]:
+def evaluate_stage(ctx: Context, stage: str, model: PreparedModel, source: str) -> dict[str, Any]:
     """Test a model that was loaded, not trained (the teacher from ``distill.teacher_ckpt``)."""
-    model = model.to(ctx.device)
-    engine = Engine(model, None, device=ctx.device, precision=ctx.precision, dist=ctx.dist)
-    info = {"stage": stage, "source": source, **describe_model(model), **data_info(ctx)}
+    engine = build_engine(ctx.cfg, model, ctx.rt, train=False)
+    info = {**stage_info(ctx, stage, model), "source": source}
     trackers = ctx.trackers(stage)
     ctx.console.rule(f"[bold]{stage} (loaded from {source})")
     trackers.start(OmegaConf.to_container(ctx.cfg, resolve=True), info)
@@ -190,24 +176,24 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     if stage_path(ctx.run_dir, "teacher").is_file() and not ctx.cfg.distill.force:
         return skip(ctx, "teacher", settings)
     seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
-    teacher = build_model(ctx, "teacher")
+    teacher = build_role(ctx, "teacher")
     ckpt = ctx.cfg.distill.teacher_ckpt
     if ckpt:
-        load_model_weights(teacher, model_state_from_checkpoint(ckpt), ckpt)
+        load_model_weights(teacher.module, model_state_from_checkpoint(ckpt), ckpt)
         summary, history = evaluate_stage(ctx, "teacher", teacher, str(ckpt)), []
     else:
         summary, history = train_stage(ctx, "teacher", teacher)
-    summary["weights_sha256"] = weights_sha256(teacher.state_dict())
-    if ctx.dist.is_main:
-        save_stage(ctx.run_dir, "teacher", teacher, summary, history, settings)
+    summary["weights_sha256"] = weights_sha256(teacher.module.state_dict())
+    if ctx.rt.dist.is_main:
+        save_stage(ctx.run_dir, "teacher", teacher.module, summary, history, settings)
     ctx.ran.append("teacher")
-    return {"summary": summary, "history": history, "model": teacher.state_dict()}
+    return {"summary": summary, "history": history, "model": teacher.module.state_dict()}
 
 
 def fresh_student_state(ctx: Context) -> dict[str, torch.Tensor]:
     """The one initialisation both students start from (seeded, built once, copied)."""
     seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
-    return copy.deepcopy(build_model(ctx, "student").state_dict())
+    return copy.deepcopy(instantiate(ctx.cfg.student).state_dict())
 
 
 def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
@@ -225,21 +211,22 @@ def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
             return record
         ctx.console.print(f"{stage}: its teacher or initial weights changed since it ran; training "
                           f"it again", highlight=False)
-    student = build_model(ctx, "student")
-    student.load_state_dict(init_state)
+    student = build_role(ctx, "student")
+    student.module.load_state_dict(init_state)
     extra: dict[str, Any] = {"initial_weights_sha256": init_sha}
     criterion = cross_entropy
     if stage == "student_distill":
-        teacher = build_model(ctx, "teacher").to(ctx.device)
-        teacher.load_state_dict(teacher_record["model"])
-        outputs = teacher_outputs(teacher, ctx.datamodule, cfg.distill.cache_teacher)
+        teacher = build_role(ctx, "teacher")
+        teacher.module.load_state_dict(teacher_record["model"])
+        outputs = teacher_outputs(teacher.module, ctx.datamodule, cfg.distill.cache_teacher,
+                                  teacher.fast_path.precision)
         criterion = DistillationCriterion(outputs, cfg.distill.temperature, cfg.distill.alpha)
         extra.update({"temperature": float(cfg.distill.temperature), "alpha": float(cfg.distill.alpha),
                       "teacher_outputs": "cached" if outputs.cached else "live",
                       "teacher_sha256": teacher_sha})
     summary, history = train_stage(ctx, stage, student, criterion, extra)
-    if ctx.dist.is_main:
-        save_stage(ctx.run_dir, stage, student, summary, history, settings)
+    if ctx.rt.dist.is_main:
+        save_stage(ctx.run_dir, stage, student.module, summary, history, settings)
     ctx.ran.append(stage)
     return {"summary": summary, "history": history}
 
@@ -268,15 +255,13 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     validate_distill_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dist = distributed.context(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
-    device = distributed.rank_device(resolve_device(cfg.trainer.device), dist)
-    console = Console(quiet=not dist.is_main)  # under torchrun only rank 0 talks
+    rt = Runtime.from_config(cfg.trainer)
+    console = Console(quiet=not rt.dist.is_main)  # under torchrun only rank 0 talks
     console.print(config_tree(cfg))
     log.info("building data <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data)
-    datamodule.setup(device)
-    ctx = Context(cfg, run_dir, device, resolve_precision(cfg.trainer.precision, device), datamodule,
-                  console, wandb_group_name(cfg, run_dir), dist=dist)
+    datamodule.setup(rt.device)
+    ctx = Context(cfg, run_dir, rt, datamodule, console, wandb_group_name(cfg, run_dir))
 
     teacher = run_teacher(ctx)
     init_state = fresh_student_state(ctx)
@@ -286,7 +271,7 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
         "student_distill": run_student(ctx, "student_distill", init_state, teacher),
     }
     summary = combined_summary(results, ctx.ran)
-    if not dist.is_main:
+    if not rt.dist.is_main:
         return summary
     write_json(run_dir / "summary.json", summary)
     write_comparison(run_dir, {k: v["summary"] for k, v in results.items()},

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from labkit.data.loader import Batch
+from labkit.engine.accel import autocast
 from labkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,18 +29,20 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
 
 
 class LiveTeacher:
-    """Runs the teacher on the very batch the student sees (needed when inputs are augmented)."""
+    """Runs the teacher on the very batch the student sees (needed when inputs are augmented),
+    in the teacher's own precision whatever autocast region the student's step is in."""
 
     cached = False
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, teacher: nn.Module, precision: str = "fp32") -> None:
         self.teacher = freeze_teacher(teacher)
+        self.precision = precision
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         self.teacher.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(batch.inputs.device, self.precision):
             logits = self.teacher(batch.inputs)
-        return logits.clone()  # a normal tensor, usable by autograd outside inference mode
+        return logits.float().clone()  # a normal fp32 tensor, usable by autograd outside inference mode
 
 
 class CachedTeacher:
@@ -52,13 +55,15 @@ class CachedTeacher:
 
     cached = True
 
-    def __init__(self, teacher: nn.Module, loader: Iterable[Batch], num_samples: int) -> None:
+    def __init__(self, teacher: nn.Module, loader: Iterable[Batch], num_samples: int,
+                 precision: str = "fp32") -> None:
         teacher = freeze_teacher(teacher)
         cache: torch.Tensor | None = None
         filled: torch.Tensor | None = None
         with torch.inference_mode():
             for batch in loader:
-                logits = teacher(batch.inputs).float()
+                with autocast(batch.inputs.device, precision):
+                    logits = teacher(batch.inputs).float()
                 if cache is None:
                     cache = logits.new_zeros((num_samples, logits.shape[1]))
                     filled = torch.zeros(num_samples, dtype=torch.bool, device=logits.device)
@@ -86,8 +91,10 @@ def use_teacher_cache(setting: Any, augmented: bool) -> bool:
     return bool(setting)
 
 
-def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any) -> CachedTeacher | LiveTeacher:
-    """The provider ``distill.cache_teacher`` asks for, for the training split of ``datamodule``."""
+def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any,
+                    precision: str = "fp32") -> CachedTeacher | LiveTeacher:
+    """The provider ``distill.cache_teacher`` asks for, for the training split of ``datamodule``;
+    the teacher runs in ``precision`` (its fast path's)."""
     augmented = getattr(datamodule, "augment", None) is not None
     if use_teacher_cache(setting, augmented):
         num_samples = datamodule.split_size("train")
@@ -95,6 +102,6 @@ def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any) -> Cached
         loader = datamodule.loader("train")
         # every sample once, in order: no random numbers drawn, no sample dropped
         loader.shuffle, loader.drop_last = False, False
-        return CachedTeacher(teacher, loader, num_samples)
+        return CachedTeacher(teacher, loader, num_samples, precision)
     log.info("running the teacher live on every training batch")
-    return LiveTeacher(teacher)
+    return LiveTeacher(teacher, precision)

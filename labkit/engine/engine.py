@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import signal
 import time
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.data.loader import Batch
+from labkit.engine.accel import autocast
 from labkit.engine.checkpoint import CHECKPOINT_FORMAT, copy_checkpoint, load_model_weights, save_checkpoint
 from labkit.engine.distributed import DistContext, all_reduce_sum, any_rank
 from labkit.engine.rng import capture_rng_state, restore_rng_state
@@ -107,11 +107,9 @@ class Engine:
         self._pending_generator_state: torch.Tensor | None = None  # set by load_state_dict
 
     # -- helpers -----------------------------------------------------------------------------
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> torch.autocast:
         """bf16 autocast when asked for (a no-op context in fp32)."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

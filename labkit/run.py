@@ -1,0 +1,181 @@
+"""One way to build and fit a model, shared by every entry point (train, distill, eval, ...).
+
+Device, process group, fast path, model, optimizer, engine and trackers are built here and
+nowhere else, so ``trainer.precision``, ``trainer.compile``, ``trainer.sync_batchnorm`` and the
+rest mean the same in every command, and every run reports the same ``precision`` /
+``fast_path`` fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch import nn
+
+from labkit.engine import Callback, Engine, cross_entropy, distributed, resolve_device
+from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
+from labkit.engine.engine import Criterion
+from labkit.engine.optim import build_optimizer
+from labkit.models import describe_model
+from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how every model of one job runs: device, process group and trainer settings."""
+
+    device: torch.device
+    dist: distributed.DistContext
+    precision: str = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    sync_batchnorm: bool = False
+
+    @classmethod
+    def from_config(cls, trainer: DictConfig, device: str | None = None,
+                    single_process: bool = False) -> Runtime:
+        """The runtime ``trainer`` (a ``trainer`` config node) asks for; ``device`` overrides
+        ``trainer.device``; ``single_process`` ignores ``trainer.strategy`` (evaluation)."""
+        strategy = "auto" if single_process else OmegaConf.select(trainer, "strategy", default="auto")
+        dist = distributed.context(strategy)
+        chosen = resolve_device(device or OmegaConf.select(trainer, "device", default="auto"))
+        return cls(
+            device=distributed.rank_device(chosen, dist),
+            dist=dist,
+            precision=str(OmegaConf.select(trainer, "precision", default="auto")),
+            compile=bool(OmegaConf.select(trainer, "compile", default=False)),
+            deterministic=bool(OmegaConf.select(trainer, "deterministic", default=False)),
+            sync_batchnorm=bool(OmegaConf.select(trainer, "sync_batchnorm", default=False)),
+        )
+
+
+@dataclass
+class PreparedModel:
+    """A model on its device with its fast path switched on."""
+
+    module: nn.Module
+    fast_path: FastPath
+    device: torch.device
+
+    def info(self) -> dict[str, Any]:
+        """The model table's fields: architecture, parameters, device, precision, fast path."""
+        return {**describe_model(self.module), "device": str(self.device),
+                "precision": self.fast_path.precision, "fast_path": self.fast_path.describe()}
+
+
+def prepare_model(model: nn.Module, rt: Runtime) -> PreparedModel:
+    """SyncBatchNorm under DDP when asked, move to the device, switch the fast path on."""
+    model = distributed.prepare_model(model, rt.dist, rt.sync_batchnorm).to(rt.device)
+    plan = plan_fast_path(rt.precision, rt.device, model, compile=rt.compile,
+                          deterministic=rt.deterministic)
+    return PreparedModel(apply_fast_path(model, plan), plan, rt.device)
+
+
+def build_model(node: DictConfig, rt: Runtime, role: str = "model") -> PreparedModel:
+    """Instantiate a model config node (``model``, ``teacher``, ``student``) and prepare it."""
+    log.info("building %s <%s>", role, node._target_)
+    return prepare_model(instantiate(node), rt)
+
+
+def build_optimization(cfg: DictConfig, model: nn.Module):
+    """Optimizer and (optional) scheduler from their partial configs."""
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model, cfg.trainer.fused_optimizer)
+    scheduler_cfg = OmegaConf.select(cfg, "scheduler")
+    scheduler = instantiate(scheduler_cfg)(optimizer=optimizer) if scheduler_cfg else None
+    return optimizer, scheduler
+
+
+def build_engine(cfg: DictConfig, prepared: PreparedModel, rt: Runtime, *, train: bool = True,
+                 criterion: Criterion = cross_entropy, trackers: TrackerGroup | None = None,
+                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None,
+                 extra_state: dict[str, Any] | None = None) -> Engine:
+    """The engine for ``prepared``: with its optimizer and schedule (``train``) or evaluation only."""
+    optimizer, scheduler = build_optimization(cfg, prepared.module) if train else (None, None)
+    trainer = cfg.trainer
+    return Engine(
+        prepared.module, optimizer, scheduler,
+        device=rt.device,
+        epochs=trainer.epochs if train else 1,
+        criterion=criterion,
+        trackers=trackers or TrackerGroup(),
+        callbacks=callbacks or [],
+        checkpoint_dir=checkpoint_dir if train and trainer.checkpoint else None,
+        log_every_n_steps=trainer.log_every_n_steps,
+        precision=prepared.fast_path.precision,
+        grad_clip=trainer.grad_clip,
+        extra_state=extra_state,
+        dist=rt.dist,
+    )
+
+
+def hydra_job_info() -> dict[str, Any]:
+    """Override string and sweep folder of the current Hydra job (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return {}
+    return {
+        "overrides": hc.job.override_dirname or "defaults",
+        "sweep_dir": Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None,
+    }
+
+
+def build_trackers(
+    cfg: DictConfig, run_dir: Path, console: Console, *, job_type: str | None = None,
+    group: str | None = None, name: str | None = None,
+) -> TrackerGroup:
+    """Console and run-directory files always; W&B when a ``logger.wandb`` node exists.
+
+    ``job_type`` / ``group`` / ``name`` override the config, for entry points that log several
+    W&B runs per job (distill.py: one per stage, all in one group).
+    """
+    trackers = [ConsoleTracker(console), FileTracker(run_dir)]
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
+    if wandb_cfg is not None:
+        job = hydra_job_info()
+        trackers.append(WandbTracker(
+            run_dir,
+            project=wandb_cfg.project,
+            entity=wandb_cfg.entity,
+            group=group or wandb_cfg.group or job.get("sweep_dir"),
+            name=name or wandb_cfg.name or job.get("overrides"),
+            job_type=job_type or wandb_cfg.job_type,
+            tags=list(wandb_cfg.tags or []),
+            mode=wandb_cfg.mode,
+        ))
+    return TrackerGroup(trackers)
+
+
+def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on: str) -> dict[str, Any]:
+    """Fit, put back the weights to test (``best`` or ``last``), test: the summary's core fields."""
+    start = time.perf_counter()
+    engine.fit(train_loader, val_loader)
+    if test_on == "best":
+        engine.load_best()
+    test = engine.evaluate(test_loader)
+    return {
+        "status": "completed",
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": engine.best_val_acc,
+        "best_epoch": engine.best_epoch,
+        "final_val_acc": engine.history[-1].get("val_acc"),
+        "final_train_loss": engine.history[-1]["train_loss"],
+        "epochs_completed": engine.epoch,
+        "train_time_s": engine.train_time_s,
+        "train_images_per_s": engine.throughput,
+        "total_time_s": time.perf_counter() - start,
+        "test_on": test_on,
+    }
