@@ -46,7 +46,7 @@ class Case:
 
 CASES = {
     "fashion": Case(lambda: FlexibleCNN(1, 10, [1, 1, 1, 1], width=16, stem_stride=2), (1, 28, 28), 128, 60),
-    "student": Case(lambda: FlexibleCNN(3, 10, [1, 1, 1, 1], width=64), (3, 32, 32), 128, 8,
+    "student": Case(lambda: FlexibleCNN(3, 10, [1, 1, 1, 1], width=64), (3, 32, 32), 128, 12,
                     {"crop_padding": 4, "flip": True}),
     "mlp": Case(lambda: FlexibleMLP(input_shape=(1, 28, 28), depth=2, width=256), (1, 28, 28), 128, 300),
 }

@@ -22,7 +22,7 @@ from torch import nn
 
 from labkit.engine import Callback, Engine, cross_entropy, distributed, resolve_device
 from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
-from labkit.engine.engine import Criterion
+from labkit.engine.engine import Criterion, SmoothedCrossEntropy
 from labkit.engine.optim import build_optimizer
 from labkit.models import describe_model
 from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker
@@ -87,26 +87,54 @@ def build_model(node: DictConfig, rt: Runtime, role: str = "model") -> PreparedM
     return prepare_model(instantiate(node), rt)
 
 
-def build_optimization(cfg: DictConfig, model: nn.Module):
-    """Optimizer and (optional) scheduler from their partial configs."""
+def scheduler_interval(cfg: DictConfig) -> str:
+    """``epoch`` (the default) or ``step``: how often the engine steps the LR schedule."""
+    return str(OmegaConf.select(cfg, "scheduler.interval", default="epoch"))
+
+
+def build_optimization(cfg: DictConfig, model: nn.Module, steps_per_epoch: int | None = None):
+    """Optimizer and (optional) scheduler from their partial configs.
+
+    A schedule with ``interval: step`` is stepped after every batch and gets its length as
+    ``total_steps`` (epochs x ``steps_per_epoch``), e.g. torch's ``OneCycleLR``.
+    """
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, cfg.trainer.fused_optimizer)
     scheduler_cfg = OmegaConf.select(cfg, "scheduler")
-    scheduler = instantiate(scheduler_cfg)(optimizer=optimizer) if scheduler_cfg else None
-    return optimizer, scheduler
+    if not scheduler_cfg:
+        return optimizer, None
+    node = {k: v for k, v in OmegaConf.to_container(scheduler_cfg, resolve=True).items() if k != "interval"}
+    factory = instantiate(node)
+    if scheduler_interval(cfg) == "step":
+        if not steps_per_epoch:
+            raise ValueError("a per-step schedule needs the number of steps per epoch")
+        return optimizer, factory(optimizer=optimizer, total_steps=int(cfg.trainer.epochs) * steps_per_epoch)
+    return optimizer, factory(optimizer=optimizer)
+
+
+def criterion_for(cfg: DictConfig) -> Criterion:
+    """The hard-label loss: cross-entropy, with ``trainer.label_smoothing`` when it is > 0."""
+    smoothing = float(OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0) or 0.0)
+    return SmoothedCrossEntropy(smoothing) if smoothing > 0 else cross_entropy
 
 
 def build_engine(cfg: DictConfig, prepared: PreparedModel, rt: Runtime, *, train: bool = True,
-                 criterion: Criterion = cross_entropy, trackers: TrackerGroup | None = None,
-                 checkpoint_dir: Path | None = None, callbacks: list[Callback] | None = None,
+                 steps_per_epoch: int | None = None, criterion: Criterion | None = None,
+                 trackers: TrackerGroup | None = None, checkpoint_dir: Path | None = None,
+                 callbacks: list[Callback] | None = None,
                  extra_state: dict[str, Any] | None = None) -> Engine:
-    """The engine for ``prepared``: with its optimizer and schedule (``train``) or evaluation only."""
-    optimizer, scheduler = build_optimization(cfg, prepared.module) if train else (None, None)
+    """The engine for ``prepared``: with its optimizer and schedule (``train``; ``steps_per_epoch``
+    is the training loader's length) or evaluation only. ``criterion`` defaults to
+    :func:`criterion_for` the config."""
+    optimizer, scheduler = (build_optimization(cfg, prepared.module, steps_per_epoch) if train
+                            else (None, None))
     trainer = cfg.trainer
     return Engine(
         prepared.module, optimizer, scheduler,
         device=rt.device,
         epochs=trainer.epochs if train else 1,
-        criterion=criterion,
+        criterion=criterion or criterion_for(cfg),
+        scheduler_interval=scheduler_interval(cfg),
+        eval_flip=bool(OmegaConf.select(trainer, "eval_flip", default=False)),
         trackers=trackers or TrackerGroup(),
         callbacks=callbacks or [],
         checkpoint_dir=checkpoint_dir if train and trainer.checkpoint else None,

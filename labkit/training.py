@@ -74,9 +74,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test_size": datamodule.split_size("test"),
     }
     is_main = rt.dist.is_main
+    shard = {"rank": rt.dist.rank, "world_size": rt.dist.world_size}
+    generator = torch.Generator(device=rt.device).manual_seed(int(cfg.trainer.seed))
+    train_loader = datamodule.loader(
+        "train", generator, augment_generator=distributed.augment_generator(cfg, rt.dist, rt.device), **shard)
     trackers = build_trackers(cfg, run_dir, console) if is_main else TrackerGroup()
     engine = build_engine(
-        cfg, prepared, rt, trackers=trackers, checkpoint_dir=run_dir / "checkpoints",
+        cfg, prepared, rt, steps_per_epoch=len(train_loader), trackers=trackers,
+        checkpoint_dir=run_dir / "checkpoints",
         callbacks=analysis_callbacks(cfg, datamodule, run_dir) if is_main else [],
         extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "labkit_version": __version__},
     )
@@ -85,7 +90,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = load_checkpoint(best_path)["model"] if best_path.is_file() else None
         engine.load_state_dict(resume_state, best_model=best)
         console.print(f"resuming from {ckpt_path} at epoch {engine.epoch}", highlight=False)
-    shard = {"rank": rt.dist.rank, "world_size": rt.dist.world_size}
     val_loader = datamodule.loader("val", **shard) if datamodule.split_size("val") else None
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
     if resume_state is not None:  # metrics.jsonl: the checkpoint's epochs, not rows logged after it
@@ -94,10 +98,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 tracker.restart_from(engine.history)
     status = "failed"
     try:
-        generator = torch.Generator(device=rt.device).manual_seed(int(cfg.trainer.seed))
-        train_loader = datamodule.loader(
-            "train", generator, augment_generator=distributed.augment_generator(cfg, rt.dist, rt.device),
-            **shard)
         summary = {**fit_and_test(engine, train_loader, val_loader, datamodule.loader("test", **shard),
                                   cfg.trainer.test_on), **info}
         trackers.log_summary(summary)

@@ -40,7 +40,7 @@ def test_every_group_option_composes_and_builds(cfg_factory, tmp_path, group, op
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate_config(cfg.copy()) if group != "trainer" or option not in ("gpu", "ddp") else None
     model = instantiate(cfg.model)
-    optimizer, scheduler = build_optimization(cfg, model)
+    optimizer, scheduler = build_optimization(cfg, model, steps_per_epoch=10)
     assert any(p.numel() for g in optimizer.param_groups for p in g["params"])
     assert (scheduler is None) == (not cfg.scheduler)
 
@@ -93,6 +93,10 @@ def test_data_config_feeds_the_model_shape(cfg_factory):
     ("optimizer.lr=-1e-3", "optimizer.lr=-0.001"),
     ("trainer.device=tpu", "trainer.device='tpu'"),
     ("trainer.precision=fp8", "trainer.precision='fp8'"),
+    ("trainer.label_smoothing=1.0", "trainer.label_smoothing=1.0"),
+    ("trainer.eval_flip=sometimes", "trainer.eval_flip='sometimes'"),
+    ("+scheduler.interval=batch", "scheduler.interval='batch'"),
+    ("+model.widths=[]", "model.widths="),
 ])
 def test_validation_names_key_and_value(cfg_factory, override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("'", "'?")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,3 +72,48 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         pass
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+# -- training options every run can use ----------------------------------------------------------
+def tiny_loader(n: int = 64, batch: int = 16) -> TensorLoader:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    return TensorLoader(images, torch.randint(0, 10, (n,), generator=g), batch, [0.5], [0.25])
+
+
+def test_label_smoothing_criterion_matches_its_definition():
+    from labkit.data.loader import Batch
+    from labkit.engine.engine import SmoothedCrossEntropy
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 2, 3, 4, 0])
+    eps = 0.2
+    smoothed = torch.full((6, 5), eps / 5).scatter_add_(1, targets[:, None], torch.full((6, 1), 1 - eps))
+    expected = -(smoothed * F.log_softmax(logits, 1)).sum(1).mean()
+    got = SmoothedCrossEntropy(eps)(logits, Batch(logits, targets, torch.arange(6)))
+    assert torch.allclose(got, expected)
+
+
+def test_eval_flip_averages_each_image_with_its_mirror():
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=16)
+    loader = tiny_loader()
+    flipped = Engine(model, None, eval_flip=True).evaluate(loader)
+    x = (loader.images.float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1))) / 2
+    assert flipped["loss"] == pytest.approx(F.cross_entropy(logits, loader.targets).item(), rel=1e-5)
+    assert flipped["loss"] != pytest.approx(Engine(model, None).evaluate(loader)["loss"], rel=1e-5)
+
+
+def test_per_step_schedule_steps_after_every_batch():
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = tiny_loader()  # 4 batches per epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=2 * len(loader))
+    engine = Engine(model, optimizer, scheduler, epochs=2, scheduler_interval="step")
+    engine.fit(loader, None)
+    assert scheduler.last_epoch == 2 * len(loader)  # one step per batch, none per epoch
+    with pytest.raises(ValueError, match="epoch or step"):
+        Engine(model, optimizer, scheduler, scheduler_interval="batch")

@@ -53,3 +53,17 @@ def test_invalid_depth_rejected():
 
 def test_module_repr_shows_residual():
     assert "residual=True" in repr(FlexibleMLP(depth=3, width=4, residual=True))
+
+
+def test_convpool_net_shares_the_cnn_interface():
+    from labkit.models import ConvPoolNet
+
+    model = ConvPoolNet(3, 10, widths=[8, 16, 16], stem_width=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = model.forward_features(x)
+    assert features.shape == (2, 16, 4, 4)  # each group halves 32 -> 16 -> 8 -> 4
+    assert len(model.blocks) == 3 and model.num_features == 16
+    assert torch.allclose(model(x), model.head(features.mean((2, 3))), atol=1e-6)
+    assert describe_model(model)["skip_connections"] == 0
+    with pytest.raises(ValueError, match="widths"):
+        ConvPoolNet(widths=[])

@@ -42,6 +42,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     "trainer.compile": (lambda v: isinstance(v, bool), "true or false"),
     "trainer.test_on": (lambda v: v in ("best", "last"), "best or last"),
+    "trainer.label_smoothing": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                                and 0 <= v < 1, "a number in [0, 1)"),
+    "trainer.eval_flip": (lambda v: isinstance(v, bool), "true or false"),
+    "scheduler.interval": (lambda v: v in ("epoch", "step"), "epoch or step"),
     "data.batch_size": _int_at_least(1),
     "data.eval_batch_size": _int_at_least(1),
     "data.val_size": _int_at_least(0),
@@ -55,6 +59,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.layers": (_four_block_counts, "a list of 4 integers >= 1, e.g. [2,2,2,2]"),
     "model.block": (lambda v: v in ("basic", "bottleneck"), "basic or bottleneck"),
     "model.stem_stride": _int_at_least(1),
+    "model.stem_width": _int_at_least(1),
+    "model.widths": (lambda v: isinstance(v, ListConfig | list | tuple) and len(v) > 0
+                     and all(_int_at_least(1)[0](w) for w in v), "a non-empty list of integers >= 1"),
     "model.depth": _int_at_least(1),
     "model.width": _int_at_least(1),
     "model.dropout": (lambda v: isinstance(v, int | float) and 0 <= v < 1, "a number in [0, 1)"),

@@ -28,6 +28,7 @@ def kd_loss(
     targets: torch.Tensor,
     temperature: float,
     alpha: float,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
 
@@ -35,6 +36,8 @@ def kd_loss(
     ``mean`` would also divide by the class count). The soft targets' gradient scales as
     1/T^2, so the T^2 factor keeps the soft term's weight independent of the temperature.
     The teacher's logits carry no gradient. Computed in fp32 even under bf16 autocast.
+    ``label_smoothing`` smooths the hard labels of the CE term as ``trainer.label_smoothing``
+    does for the baseline, so both students see the same hard targets.
     """
     check_kd_params(temperature, alpha)
     student = student_logits.float()
@@ -45,5 +48,5 @@ def kd_loss(
         p_teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
         soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
     if alpha < 1:
-        hard = F.cross_entropy(student, targets)
+        hard = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
     return alpha * soft + (1 - alpha) * hard

@@ -31,8 +31,9 @@ from labkit.distill.stages import (
     weights_sha256,
 )
 from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs, use_teacher_cache
-from labkit.engine import cross_entropy, distributed, seed_everything
+from labkit.engine import distributed, seed_everything
 from labkit.engine.checkpoint import load_model_weights
+from labkit.engine.engine import Criterion
 from labkit.errors import ConfigError
 from labkit.run import PreparedModel, Runtime, build_engine, build_model, build_trackers, fit_and_test
 from labkit.tracking import TrackerGroup, config_tree, write_json
@@ -44,12 +45,15 @@ class DistillationCriterion:
     """The engine criterion of the distilled student: :func:`kd_loss` against the teacher's
     logits for the same samples."""
 
-    def __init__(self, teacher: CachedTeacher | LiveTeacher, temperature: float, alpha: float) -> None:
+    def __init__(self, teacher: CachedTeacher | LiveTeacher, temperature: float, alpha: float,
+                 label_smoothing: float = 0.0) -> None:
         check_kd_params(temperature, alpha)
         self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
+        self.label_smoothing = float(label_smoothing or 0.0)
 
     def __call__(self, logits: torch.Tensor, batch) -> torch.Tensor:
-        return kd_loss(logits, self.teacher(batch), batch.targets, self.temperature, self.alpha)
+        return kd_loss(logits, self.teacher(batch), batch.targets, self.temperature, self.alpha,
+                       self.label_smoothing)
 
 
 def validate_distill_config(cfg: DictConfig) -> None:
@@ -123,7 +127,7 @@ def _val_loader(ctx: Context):
     return ctx.loader("val") if ctx.datamodule.split_size("val") else None
 
 
-def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion=cross_entropy,
+def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion: Criterion | None = None,
                 extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fit ``model`` with ``criterion`` through the engine, test it, log it as W&B job ``stage``."""
     cfg, stage_dir = ctx.cfg, ctx.run_dir / stage
@@ -133,14 +137,16 @@ def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion=cross_
     # the same random stream for every stage: identical batch order and dropout masks
     seed_everything(ctx.seed, cfg.trainer.deterministic)
     generator = torch.Generator(device=ctx.rt.device).manual_seed(ctx.seed)
-    engine = build_engine(cfg, model, ctx.rt, criterion=criterion, trackers=trackers,
+    train_loader = ctx.loader("train", generator)
+    engine = build_engine(cfg, model, ctx.rt, steps_per_epoch=len(train_loader), criterion=criterion,
+                          trackers=trackers,
                           checkpoint_dir=stage_dir / "checkpoints",
                           extra_state={"config": OmegaConf.to_container(cfg, resolve=True), "stage": stage})
     ctx.console.rule(f"[bold]{stage}")
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
     status = "failed"
     try:
-        summary = {**fit_and_test(engine, ctx.loader("train", generator), _val_loader(ctx),
+        summary = {**fit_and_test(engine, train_loader, _val_loader(ctx),
                                   ctx.loader("test"), cfg.trainer.test_on), **info}
         trackers.log_summary(summary)
         status = "completed"
@@ -214,13 +220,14 @@ def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
     student = build_role(ctx, "student")
     student.module.load_state_dict(init_state)
     extra: dict[str, Any] = {"initial_weights_sha256": init_sha}
-    criterion = cross_entropy
+    criterion = None  # the run's hard-label loss (criterion_for the config)
     if stage == "student_distill":
         teacher = build_role(ctx, "teacher")
         teacher.module.load_state_dict(teacher_record["model"])
         outputs = teacher_outputs(teacher.module, ctx.datamodule, cfg.distill.cache_teacher,
                                   teacher.fast_path.precision)
-        criterion = DistillationCriterion(outputs, cfg.distill.temperature, cfg.distill.alpha)
+        criterion = DistillationCriterion(outputs, cfg.distill.temperature, cfg.distill.alpha,
+                                          OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0))
         extra.update({"temperature": float(cfg.distill.temperature), "alpha": float(cfg.distill.alpha),
                       "teacher_outputs": "cached" if outputs.cached else "live",
                       "teacher_sha256": teacher_sha})

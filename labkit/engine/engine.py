@@ -30,6 +30,17 @@ def cross_entropy(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(logits, batch.targets)
 
 
+class SmoothedCrossEntropy:
+    """Cross-entropy against labels smoothed by ``label_smoothing`` (Szegedy et al. 2016): the
+    target puts ``1 - eps`` on the class and spreads ``eps`` over all classes."""
+
+    def __init__(self, label_smoothing: float) -> None:
+        self.label_smoothing = float(label_smoothing)
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(logits, batch.targets, label_smoothing=self.label_smoothing)
+
+
 class Callback:
     """Engine hooks for measurements that need the model mid-step (e.g. gradient norms)."""
 
@@ -69,6 +80,8 @@ class Engine:
         grad_clip: float | None = None,
         extra_state: dict[str, Any] | None = None,
         dist: DistContext | None = None,
+        scheduler_interval: str = "epoch",
+        eval_flip: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -83,6 +96,10 @@ class Engine:
             self.train_module = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = optimizer
         self.scheduler = scheduler
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
+        self.step_scheduler_per_batch = scheduler is not None and scheduler_interval == "step"
+        self.eval_flip = eval_flip
         self.epochs = int(epochs)
         self.criterion = criterion
         self.trackers = trackers if isinstance(trackers, TrackerGroup) else TrackerGroup(trackers)
@@ -155,6 +172,8 @@ class Engine:
             if self.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
+            if self.step_scheduler_per_batch:
+                self.scheduler.step()
             # running metrics stay on the device
             n = batch.targets.shape[0]
             loss_sum += loss.detach() * n
@@ -212,7 +231,11 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch], model: nn.Module | None = None) -> dict[str, float]:
-        """Mean cross-entropy and accuracy of ``model`` (default: the trained one) on ``loader``."""
+        """Mean cross-entropy and accuracy of ``model`` (default: the trained one) on ``loader``.
+
+        With ``eval_flip`` the logits are the mean over each image and its mirror image
+        (test-time augmentation by horizontal flip).
+        """
         model = model or self.model
         was_training = model.training
         model.eval()
@@ -222,6 +245,8 @@ class Engine:
         for batch in loader:
             with self.autocast():
                 logits = model(batch.inputs)
+                if self.eval_flip:
+                    logits = (logits + model(batch.inputs.flip(-1))) / 2
             loss_sum += F.cross_entropy(logits.float(), batch.targets, reduction="sum")
             correct += (logits.argmax(1) == batch.targets).sum()
             seen += batch.targets.shape[0]
@@ -270,7 +295,7 @@ class Engine:
                     val = self.evaluate(val_loader)
                     row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
                 row["lr"] = lr
-                if self.scheduler is not None:
+                if self.scheduler is not None and not self.step_scheduler_per_batch:
                     self.scheduler.step()
                 row["epoch_time_s"] = time.perf_counter() - epoch_start
                 for callback in self.callbacks:
