@@ -9,7 +9,8 @@ For each model, in one process with interleaved repeats (best of --repeats):
   minimal       a hand-written loop in the precision and memory format auto chose, over a
                 pre-normalised float tensor, fused Adam, no metrics or checks: the practical limit
 Models: ``fashion`` is experiment=cnn_fashion_mnist's network (28x28x1), ``student`` the lab's
-model=resnet_student (32x32x3, crop+flip as in the lab's recipe), ``mlp`` the default 2x256 MLP.
+model=resnet_student (32x32x3, crop+flip as in the lab's recipe), ``mlp`` the default 2x256 MLP,
+``cifar`` experiment=cnn_cifar10's half-width ConvPoolNet (batch 512, flip + 2-pixel translate).
 Data are generated (only the shapes matter for speed). Only ratios are meaningful across machines.
 """
 
@@ -29,7 +30,7 @@ from labkit.data.augment import CropFlip
 from labkit.engine import Engine
 from labkit.engine.accel import autocast, cpu_has_native_bf16
 from labkit.engine.distributed import DistContext
-from labkit.models import FlexibleCNN, FlexibleMLP
+from labkit.models import ConvPoolNet, FlexibleCNN, FlexibleMLP
 from labkit.run import Runtime, prepare_model
 
 CPU = torch.device("cpu")
@@ -49,6 +50,9 @@ CASES = {
     "student": Case(lambda: FlexibleCNN(3, 10, [1, 1, 1, 1], width=64), (3, 32, 32), 128, 12,
                     {"crop_padding": 4, "flip": True}),
     "mlp": Case(lambda: FlexibleMLP(input_shape=(1, 28, 28), depth=2, width=256), (1, 28, 28), 128, 300),
+    "cifar": Case(lambda: ConvPoolNet(3, 10, widths=[32, 128, 128], stem_width=16, activation="relu"),
+                  (3, 32, 32), 512, 12,
+                  {"crop_padding": 2, "flip": True}),
 }
 WARMUP = 3
 
@@ -116,7 +120,7 @@ def time_minimal(case: Case, data: SyntheticImages) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="fashion,student,mlp")
+    parser.add_argument("--models", default="fashion,student,mlp,cifar")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every case's timed steps")
     args = parser.parse_args()
     names = args.models.split(",")

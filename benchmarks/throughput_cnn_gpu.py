@@ -122,7 +122,8 @@ def time_naive(data: SyntheticImages, layers: list[int], args) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options; other scripts build their ``args`` from it (benchmarks/gpu_check.py)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps before timing")
@@ -132,27 +133,44 @@ def main() -> None:
     parser.add_argument("--models", default="student,teacher")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the fast path")
     parser.add_argument("--device", default="cuda")
-    args = parser.parse_args()
+    return parser
+
+
+def make_data(args) -> SyntheticImages:
+    """Enough CIFAR-shaped synthetic images for the warm-up and timed steps, set up on the device."""
+    n = (args.steps + args.warmup) * args.batch
+    data = SyntheticImages(n_train=n, n_test=1, val_size=0, in_channels=3, image_size=32,
+                           batch_size=args.batch, mean=MEAN, std=STD,
+                           augment={"crop_padding": 4, "flip": True})
+    data.setup(torch.device(args.device))
+    return data
+
+
+def measure_model(data: SyntheticImages, model_name: str, args) -> dict[str, float]:
+    """Parameters and images/s of the three loops for one of ``MODELS``."""
+    layers = MODELS[model_name]
+    return {
+        "params": count_parameters(make_model(layers, args.width)),
+        "naive": time_naive(data, layers, args),
+        "eager": time_engine(data, layers, args, fast=False),
+        "fast": time_engine(data, layers, args, fast=True),
+    }
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: this benchmark is for GPUs (--device cpu only checks it runs)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}, batch {args.batch}, {args.steps} timed steps")
-    n = (args.steps + args.warmup) * args.batch
-    data = SyntheticImages(n_train=n, n_test=1, val_size=0, in_channels=3, image_size=32,
-                           batch_size=args.batch, mean=MEAN, std=STD,
-                           augment={"crop_padding": 4, "flip": True})
-    data.setup(device)
+    data = make_data(args)
     print(f"{'model':<8} {'params':>11} {'naive':>9} {'eager':>9} {'fast':>9} "
           f"{'fast/naive':>11} {'fast/eager':>11}   (images/s)")
     for model_name in args.models.split(","):
-        layers = MODELS[model_name]
-        params = count_parameters(make_model(layers, args.width))
-        naive = time_naive(data, layers, args)
-        eager = time_engine(data, layers, args, fast=False)
-        fast = time_engine(data, layers, args, fast=True)
-        print(f"{model_name:<8} {params:>11,} {naive:>9,.0f} {eager:>9,.0f} {fast:>9,.0f} "
-              f"{fast / naive:>11.2f} {fast / eager:>11.2f}")
+        r = measure_model(data, model_name, args)
+        print(f"{model_name:<8} {r['params']:>11,} {r['naive']:>9,.0f} {r['eager']:>9,.0f} "
+              f"{r['fast']:>9,.0f} {r['fast'] / r['naive']:>11.2f} {r['fast'] / r['eager']:>11.2f}")
 
 
 if __name__ == "__main__":

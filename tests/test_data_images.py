@@ -213,3 +213,25 @@ def test_only_the_training_loader_augments():
     loader = data.loader("val")
     assert torch.equal(val_batch.inputs, loader.normalise(data._get("val")[0]))
     assert not torch.equal(train_batch.inputs, loader.normalise(images[train_batch.index]))
+
+
+def test_cifar10_jpeg_config_reads_the_folder_and_caches_inside_the_project(cfg_factory, tmp_path):
+    """data=cifar10_jpeg: CIFAR-10's class order (sorted folder names), its statistics, 32x32
+    RGB, and the decoded cache under paths.data_dir, never in the (read-only) source folder."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    source = tmp_path / "CIFAR-10-JPEG"
+    for split in ("train", "test"):
+        for label, name in enumerate(classes):
+            (source / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (25 * label, 0, 0)).save(source / split / name / "0000.jpg")
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    cfg = cfg_factory("data=cifar10_jpeg", f"data.path={source}", f"paths.data_dir={tmp_path / 'data'}",
+                      "data.val_size=2")
+    assert list(cfg.data.mean) == [0.4913, 0.4821, 0.4465] and list(cfg.data.std) == [0.2452, 0.2428, 0.2606]
+    data = instantiate(cfg.data)
+    raw = data.load_raw()
+    assert raw.train_images.shape == (10, 3, 32, 32)
+    red = raw.train_images[:, 0, 16, 16].float()  # the label is readable from the red channel
+    assert torch.allclose(red, 25 * raw.train_targets.float(), atol=3)
+    assert len(list((tmp_path / "data" / "cache" / "imagefolder").glob("*.pt"))) == 1
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before

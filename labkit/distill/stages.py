@@ -51,6 +51,9 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
         "trainer.epochs": _select(cfg, "trainer.epochs"),
         "trainer.seed": _select(cfg, "trainer.seed"),
         "trainer.test_on": _select(cfg, "trainer.test_on"),
+        "trainer.precision": _select(cfg, "trainer.precision"),
+        "trainer.label_smoothing": _select(cfg, "trainer.label_smoothing"),
+        "trainer.eval_flip": _select(cfg, "trainer.eval_flip"),
     }
     if stage == "teacher":
         ckpt = _select(cfg, "distill.teacher_ckpt")
