@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     engine = build_engine(run_cfg, prepared, rt, train=False)
     test = engine.evaluate(datamodule.loader("test"))
-    with engine.autocast():
-        matrix = confusion_matrix(prepared.module, datamodule.loader("test"), datamodule.num_classes)
+    prepared.module.eval()
+    matrix = confusion_matrix(partial(engine.logits, prepared.module), datamodule.loader("test"),
+                              datamodule.num_classes)
     per_class = per_class_accuracy(matrix)
 
     out = Path(cfg.paths.output_dir)

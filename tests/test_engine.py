@@ -117,3 +117,17 @@ def test_per_step_schedule_steps_after_every_batch():
     assert scheduler.last_epoch == 2 * len(loader)  # one step per batch, none per epoch
     with pytest.raises(ValueError, match="epoch or step"):
         Engine(model, optimizer, scheduler, scheduler_interval="batch")
+
+
+def test_confusion_matrix_counts_the_predictions_evaluate_scores():
+    from functools import partial
+
+    from labkit.analysis.confusion import confusion_matrix
+
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=16).eval()
+    loader = tiny_loader()
+    engine = Engine(model, None, eval_flip=True)
+    matrix = confusion_matrix(partial(engine.logits, model), loader, 10)
+    assert matrix.sum() == len(loader.targets)
+    assert matrix.trace().item() / len(loader.targets) == pytest.approx(engine.evaluate(loader)["acc"])

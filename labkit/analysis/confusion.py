@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from labkit.analysis.figures import pyplot, save_figure
 from labkit.data.loader import Batch
 
 
 @torch.no_grad()
-def confusion_matrix(model: nn.Module, batches: Iterable[Batch], num_classes: int) -> torch.Tensor:
-    """``[true, predicted]`` counts, accumulated on the model's device with one bincount per batch."""
-    model.eval()
+def confusion_matrix(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Batch],
+                     num_classes: int) -> torch.Tensor:
+    """``[true, predicted]`` counts, accumulated on the device with one bincount per batch.
+
+    ``predict`` maps inputs to logits: a model in eval mode, or ``Engine.logits`` bound to one
+    (so the matrix counts exactly the predictions the test accuracy counted)."""
     counts = None
     for batch in batches:
-        pred = model(batch.inputs).argmax(1)
+        pred = predict(batch.inputs).argmax(1)
         flat = batch.targets * num_classes + pred
         step = torch.bincount(flat, minlength=num_classes * num_classes)
         counts = step if counts is None else counts + step

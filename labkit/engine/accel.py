@@ -10,7 +10,7 @@ The rules, and the measurements behind them (README, "Speed"):
   with convolutions, ``cudnn.benchmark`` unless deterministic, ``torch.compile`` when asked.
 - CPU: bf16 autocast and channels_last for models with convolutions, where oneDNN runs bf16
   natively (AVX512-BF16 or AMX on x86, the BF16 extension on Arm): 1.4-3x faster there.
-  Models without convolutions stay fp32 (the default MLP trains about 15 % *slower* in bf16),
+  Models without convolutions stay fp32 (the default MLP trains about 8 % *slower* in bf16),
   CPUs without native bf16 stay fp32 (emulated bf16 is slower), and ``torch.compile`` is
   skipped (on the Fashion CNN it took 45 s to compile and then ran 13 % slower than eager).
 - ``trainer.precision=fp32`` turns bf16 off everywhere, and on the CPU channels_last too (the

@@ -125,8 +125,17 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------------
     def autocast(self) -> torch.autocast:
-        """bf16 autocast when asked for (a no-op context in fp32)."""
+        """bf16 autocast when the run is bf16 (autocast switched off in fp32)."""
         return autocast(self.device, self.precision)
+
+    def logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``model``'s logits as evaluation computes them: under the run's autocast and, with
+        ``eval_flip``, averaged with those of the mirror images (test-time flip)."""
+        with self.autocast():
+            out = model(inputs)
+            if self.eval_flip:
+                out = (out + model(inputs.flip(-1))) / 2
+        return out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -233,8 +242,7 @@ class Engine:
     def evaluate(self, loader: Iterable[Batch], model: nn.Module | None = None) -> dict[str, float]:
         """Mean cross-entropy and accuracy of ``model`` (default: the trained one) on ``loader``.
 
-        With ``eval_flip`` the logits are the mean over each image and its mirror image
-        (test-time augmentation by horizontal flip).
+        The logits are :meth:`logits`' (so ``eval_flip`` applies).
         """
         model = model or self.model
         was_training = model.training
@@ -243,10 +251,7 @@ class Engine:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for batch in loader:
-            with self.autocast():
-                logits = model(batch.inputs)
-                if self.eval_flip:
-                    logits = (logits + model(batch.inputs.flip(-1))) / 2
+            logits = self.logits(model, batch.inputs)
             loss_sum += F.cross_entropy(logits.float(), batch.targets, reduction="sum")
             correct += (logits.argmax(1) == batch.targets).sum()
             seen += batch.targets.shape[0]

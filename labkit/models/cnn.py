@@ -104,6 +104,32 @@ class Bottleneck(_ResidualBlock):
         )
 
 
+class PooledConvNet(nn.Module):
+    """What every labkit CNN shares: ``stem``, then ``blocks`` in depth order, global average
+    pooling and one linear ``head``. The split into ``forward_features`` / ``forward_head`` is
+    what the gradient monitor, distillation and class activation maps rely on."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    pool: nn.Module
+    head: nn.Linear
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's feature map ``[N, num_features, h, w]``."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the feature map; return the pooled vector (``pre_logits``) or the logits."""
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 BLOCKS: dict[str, type[_ResidualBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
@@ -126,7 +152,7 @@ def make_blocks(block: type[_ResidualBlock], layers: Sequence[int], width: int, 
     return blocks
 
 
-class FlexibleCNN(nn.Module):
+class FlexibleCNN(PooledConvNet):
     """Stem, four stages of residual (or plain) blocks, global average pool, linear classifier.
 
     The stem is one 3x3 convolution (stride ``stem_stride``, no max-pool), which keeps enough
@@ -180,18 +206,3 @@ class FlexibleCNN(nn.Module):
     def stage_of_block(self) -> list[int]:
         """Stage index (0-3) of each entry of ``blocks``."""
         return [stage for stage, count in enumerate(self.layers) for _ in range(count)]
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map ``[N, num_features, h, w]``."""
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the feature map; return the pooled vector (``pre_logits``) or the logits."""
-        x = torch.flatten(self.pool(x), 1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

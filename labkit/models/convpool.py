@@ -4,19 +4,18 @@ A stem convolution, then one *group* per entry of ``widths``: ``conv3x3 -> max-p
 act -> conv3x3 -> BN -> act``, so each group halves the resolution (32-16-8-4 on CIFAR); global
 average pooling and one linear layer. No skips: at three groups a plain network trains well,
 and wide-and-shallow is what runs fastest per unit of accuracy on small images (Jordan 2024,
-"94 % on CIFAR-10 in 3.29 seconds on a single GPU"). It shares FlexibleCNN's interface
-(``blocks``, ``forward_features``, ``forward_head``) so the gradient monitor, distillation and
-class activation maps work on it unchanged.
+"94 % on CIFAR-10 in 3.29 seconds on a single GPU"). It shares FlexibleCNN's base class
+(:class:`~labkit.models.cnn.PooledConvNet`: ``blocks``, ``forward_features``, ``forward_head``)
+so the gradient monitor, distillation and class activation maps work on it unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from labkit.models.cnn import conv3x3, norm2d
+from labkit.models.cnn import PooledConvNet, conv3x3, norm2d
 from labkit.models.layers import make_activation
 
 
@@ -32,7 +31,7 @@ class ConvGroup(nn.Sequential):
         )
 
 
-class ConvPoolNet(nn.Module):
+class ConvPoolNet(PooledConvNet):
     """Stem, ``len(widths)`` pooling conv groups, global average pool, linear classifier."""
 
     def __init__(
@@ -61,18 +60,3 @@ class ConvPoolNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last group's feature map ``[N, widths[-1], h, w]``."""
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the feature map; return the pooled vector (``pre_logits``) or the logits."""
-        x = torch.flatten(self.pool(x), 1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
