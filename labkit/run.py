@@ -24,6 +24,7 @@ from labkit.engine import Callback, Engine, cross_entropy, distributed, resolve_
 from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
 from labkit.engine.engine import Criterion, SmoothedCrossEntropy
 from labkit.engine.optim import build_optimizer
+from labkit.errors import ConfigError
 from labkit.models import describe_model
 from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker
 
@@ -107,7 +108,14 @@ def build_optimization(cfg: DictConfig, model: nn.Module, steps_per_epoch: int |
     if scheduler_interval(cfg) == "step":
         if not steps_per_epoch:
             raise ValueError("a per-step schedule needs the number of steps per epoch")
-        return optimizer, factory(optimizer=optimizer, total_steps=int(cfg.trainer.epochs) * steps_per_epoch)
+        total_steps = int(cfg.trainer.epochs) * steps_per_epoch
+        warmup_steps = float(node.get("pct_start", 0.0)) * total_steps
+        if "pct_start" in node and warmup_steps <= 1:
+            # OneCycleLR divides by (warm-up steps - 1): a warm-up of one step crashes it
+            raise ConfigError(f"scheduler: a {total_steps}-step run gives a one-cycle warm-up of "
+                              f"{warmup_steps:.1f} steps (pct_start={node['pct_start']}); it needs more than "
+                              "one: train for more epochs, use a smaller batch, or raise scheduler.pct_start")
+        return optimizer, factory(optimizer=optimizer, total_steps=total_steps)
     return optimizer, factory(optimizer=optimizer)
 
 

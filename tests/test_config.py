@@ -78,6 +78,16 @@ def test_scheduler_none_and_sgd(cfg_factory):
     assert isinstance(optimizer, __import__("torch").optim.SGD) and scheduler is None
 
 
+
+def test_one_cycle_too_short_for_its_warm_up_is_a_config_error(cfg_factory):
+    """4 steps x pct_start 0.25 = a one-step warm-up, which crashes OneCycleLR mid-run."""
+    cfg = cfg_factory("scheduler=onecycle", "trainer.epochs=1")
+    with pytest.raises(ConfigError, match="one-cycle warm-up of 1.0 steps"):
+        build_optimization(cfg, FlexibleMLP(depth=1, width=8), steps_per_epoch=4)
+    _, scheduler = build_optimization(cfg, FlexibleMLP(depth=1, width=8), steps_per_epoch=8)
+    for _ in range(8):
+        scheduler.step()
+
 def test_data_config_feeds_the_model_shape(cfg_factory):
     cfg = cfg_factory("data=fashion_mnist")
     assert list(cfg.model.input_shape) == [1, 28, 28]

@@ -68,6 +68,19 @@ def test_val_size_larger_than_training_set(data_root):
         MNISTFamily(root=data_root, val_size=600).setup()
 
 
+
+def test_train_size_takes_a_seeded_part_of_the_training_split_and_leaves_val_and_test(data_root):
+    full = MNISTFamily(root=data_root, val_size=100)
+    part = MNISTFamily(root=data_root, val_size=100, train_size=50)
+    full.setup(), part.setup()
+    assert (part.split_size("train"), part.split_size("val"), part.split_size("test")) == (50, 100, 200)
+    assert torch.equal(part._get("val")[0], full._get("val")[0])
+    assert torch.equal(part._get("train")[0], full._get("train")[0][:50])
+    assert torch.equal(part._get("test")[0], full._get("test")[0])
+    for bad in (0, 501):
+        with pytest.raises(ConfigError, match=f"data.train_size={bad} is invalid.*\\[1, 500\\]"):
+            MNISTFamily(root=data_root, val_size=100, train_size=bad).setup()
+
 def test_loader_normalises_like_the_reference():
     images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
     loader = TensorLoader(images, torch.arange(10), 4, mean=[0.1307], std=[0.3081])

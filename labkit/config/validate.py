@@ -49,6 +49,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.batch_size": _int_at_least(1),
     "data.eval_batch_size": _int_at_least(1),
     "data.val_size": _int_at_least(0),
+    "data.train_size": (lambda v: v is None or _int_at_least(1)[0](v), "null or an integer >= 1"),
     "data.num_classes": _int_at_least(2),
     "data.in_channels": _int_at_least(1),
     "data.image_size": _int_at_least(1),

@@ -41,6 +41,7 @@ class ImageDataModule:
         batch_size: int = 128,
         eval_batch_size: int = 1024,
         val_size: int = 5000,
+        train_size: int | None = None,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         num_classes: int = 10,
@@ -55,6 +56,7 @@ class ImageDataModule:
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.val_size = int(val_size)
+        self.train_size = None if train_size is None else int(train_size)
         self.mean = list(mean)
         self.std = list(std)
         self.num_classes = int(num_classes)
@@ -101,6 +103,15 @@ class ImageDataModule:
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(n_train, generator=generator)
         val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.train_size is not None:
+            # a quick check or a data-size study: a seeded random part of what is left to train on
+            if not 1 <= self.train_size <= len(train_idx):
+                raise ConfigError(
+                    f"data.train_size={self.train_size} is invalid: {len(train_idx)} {self.name} "
+                    f"images are left for training after val_size={self.val_size}, so train_size "
+                    f"must be in [1, {len(train_idx)}] (or null for all of them)"
+                )
+            train_idx = train_idx[: self.train_size]
         self.device = torch.device(device)
 
         def put(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
