@@ -66,10 +66,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    try:
+    with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2}, path)
-    except OSError:
-        pass
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 

@@ -97,11 +97,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
