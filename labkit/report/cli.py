@@ -57,9 +57,9 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="labkit-report", description=__doc__.split("\n\n")[0].strip("`"),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog="With no command, `labkit-report DIR` is `labkit-report jobs DIR`.")
+    main = argparse.ArgumentParser(
+        prog="labkit-report", description="Reports on run directories: a run, a multirun, or any "
+        "folder above runs.", epilog="With no command, `labkit-report DIR` is `labkit-report jobs DIR`.")
     commands = main.add_subparsers(dest="command", required=True)
     jobs = commands.add_parser("jobs", help="table (console, report.md, report.csv) and figures")
     jobs.add_argument("folder", help="a multirun directory (its job folders are read) or a run directory")
