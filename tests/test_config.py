@@ -45,13 +45,25 @@ def test_every_group_option_composes_and_builds(cfg_factory, tmp_path, group, op
     assert (scheduler is None) == (not cfg.scheduler)
 
 
+def selected_options(*overrides: str) -> dict:
+    """The option Hydra chose for each config group (None: the group is off)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return dict(compose("train", list(overrides), return_hydra_config=True).hydra.runtime.choices)
+
+
 def test_defaults_match_the_documented_ones(cfg_factory):
     cfg = cfg_factory()
     assert cfg.model._target_.endswith("FlexibleMLP")
     assert cfg.data.folder == "MNIST"
     assert cfg.optimizer._target_ == "torch.optim.Adam"
     assert cfg.scheduler._target_.endswith("CosineAnnealingLR")
-    assert cfg.experiment is None if "experiment" in cfg else True
+    choices = selected_options()
+    assert (choices["experiment"], choices["sweep"], choices["debug"]) == (None, None, None)
+    assert choices["hydra/sweeper"] == "basic" and cfg.tags == []  # a single run, no study
     for key in ("trainer.epochs", "trainer.device", "trainer.seed", "data.root", "data.download",
                 "data.batch_size", "data.val_size", "model.depth", "model.width",
                 "model.residual", "model.norm", "optimizer.lr"):

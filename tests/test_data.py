@@ -141,3 +141,36 @@ def test_interrupted_download_leaves_nothing_that_looks_like_data(tmp_path, monk
         data.setup()
     assert data.missing_files() == list(FILES.values())
     assert not any(p.name.startswith(".download-") for p in tmp_path.iterdir())
+
+
+def test_loader_state_resumes_mid_epoch_with_the_same_batches_and_augmentation():
+    """A loader restored from state_dict() hands out exactly the batches the original would."""
+    import itertools
+
+    from labkit.data.augment import build_augment
+
+    images = torch.randint(0, 256, (40, 1, 6, 6), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(3))
+    augment = build_augment({"crop_padding": 1, "flip": True})
+
+    def loader():
+        return TensorLoader(images, torch.arange(40), 8, [0.5], [0.25], shuffle=True, augment=augment,
+                            generator=torch.Generator().manual_seed(0))
+
+    def batches(it, n):
+        return [(b.index.clone(), b.inputs.clone()) for b in itertools.islice(it, n)]
+
+    reference = loader()
+    expected = batches(iter(reference), 5) + batches(iter(reference), 5)  # two whole epochs
+    interrupted = loader()
+    first = batches(iter(interrupted), 2)  # stopped after batch 2 of epoch 1
+    state = interrupted.state_dict()
+    assert state["batches_done"] == 2
+    resumed = loader()
+    resumed.load_state_dict(state)
+    got = first + batches(iter(resumed), 5) + batches(iter(resumed), 5)
+    assert len(got) == len(expected) == 10
+    for (index_a, inputs_a), (index_b, inputs_b) in zip(got, expected, strict=True):
+        assert torch.equal(index_a, index_b) and torch.equal(inputs_a, inputs_b)
+    # at an epoch's end the state is only the generator: the next epoch starts from batch 0
+    assert resumed.state_dict()["batches_done"] == 0 and resumed.state_dict()["epoch_generator"] is None

@@ -19,7 +19,7 @@ from labkit.distill.aggregate import seeds_table
 from labkit.distill.report import gap_closed
 from labkit.distill.teacher import use_teacher_cache
 from labkit.engine import Engine
-from labkit.errors import ConfigError
+from labkit.errors import CheckpointError, ConfigError
 from labkit.models import FlexibleMLP
 
 from .conftest import compose_config, run_cli
@@ -241,7 +241,7 @@ def test_teacher_from_checkpoint_is_evaluated_not_trained(data_root, tmp_path, r
         data_root, tmp_path / "second", f"distill.teacher_ckpt={first / 'teacher/checkpoints/best.pt'}"))
     assert "teacher" not in recorded_stages and summary["stages_run"] == list(STAGES)
     assert summary["teacher_test_acc"] == pytest.approx(trained["teacher_test_acc"])
-    with pytest.raises(Exception, match="another architecture"):
+    with pytest.raises(CheckpointError, match="another architecture"):
         pipeline.distill(compose_distill(data_root, tmp_path / "third", "teacher.width=40",
                                          f"distill.teacher_ckpt={first / 'teacher.pth'}"))
 

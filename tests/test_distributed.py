@@ -31,7 +31,7 @@ def args(data_root, log_dir):
 def test_torchrun_two_ranks_matches_one_process(data_root, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "train.py"), "trainer=ddp", *args(data_root, tmp_path / "ddp")],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_torchrun_two_ranks_matches_one_process(data_root, tmp_path):
 
     # resume under DDP: the same run directory, one more epoch
     resumed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29732",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "train.py"), "trainer=ddp", *args(data_root, tmp_path / "ddp"),
          f"hydra.run.dir={run}", "trainer.epochs=2", "trainer.resume=true"],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
@@ -77,7 +77,7 @@ def test_ddp_without_torchrun_is_a_clear_error(tmp_path):
 def test_torchrun_distill_writes_one_set_of_stage_outputs(data_root, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29733",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "distill.py"), "trainer=ddp", f"data.root={data_root}", "data.val_size=100",
          "data.batch_size=50", "trainer.epochs=1", "teacher.width=32", "student.width=8",
          f"paths.log_dir={tmp_path}", "logger=none"],

@@ -66,10 +66,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
-    try:
+    with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2}, path)
-    except OSError:
-        pass
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
@@ -131,3 +129,92 @@ def test_confusion_matrix_counts_the_predictions_evaluate_scores():
     matrix = confusion_matrix(partial(engine.logits, model), loader, 10)
     assert matrix.sum() == len(loader.targets)
     assert matrix.trace().item() / len(loader.targets) == pytest.approx(engine.evaluate(loader)["acc"])
+
+
+# -- the loop's bookkeeping ------------------------------------------------------------------------
+def test_metrics_are_read_once_per_log_interval_and_reduced_once_per_epoch(monkeypatch):
+    from labkit.engine import metrics as metrics_module
+    from labkit.engine.metrics import RunningMetrics
+
+    calls = {"read": 0, "reduce": 0}
+    real_read = RunningMetrics.read
+
+    def counted_read(self):
+        calls["read"] += 1
+        return real_read(self)
+
+    monkeypatch.setattr(RunningMetrics, "read", counted_read)
+    monkeypatch.setattr(metrics_module, "all_reduce_sum",
+                        lambda tensor: calls.__setitem__("reduce", calls["reduce"] + 1))
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=8)
+    loader = tiny_loader(n=128, batch=16)  # 8 steps per epoch
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, log_every_n_steps=4)
+    history = engine.fit(loader, None)
+    # per epoch: reads at steps 4 and 8, one more with the epoch's single collective
+    assert calls == {"read": 2 * 3, "reduce": 2}
+    assert 0 < history[-1]["train_loss"] < 10 and 0 <= history[-1]["train_acc"] <= 1
+    assert engine.train_samples == 2 * 128
+
+
+def test_running_metrics_sum_like_the_definition():
+    from labkit.engine.metrics import RunningMetrics
+
+    g = torch.Generator().manual_seed(0)
+    metrics = RunningMetrics(torch.device("cpu"), {"loss_sum": 3.0, "correct": 2, "seen": 4})
+    logits, targets = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    metrics.add(torch.tensor(1.5), logits, targets, step=1)
+    assert metrics.read().loss == pytest.approx(4.5 / 10)
+    metrics.add(torch.tensor(float("inf")), logits, targets, step=2)
+    metrics.add(torch.tensor(float("nan")), logits, targets, step=3)
+    totals = metrics.read()
+    correct = int((logits.argmax(1) == targets).sum())
+    assert (totals.correct, totals.seen, totals.bad_step) == (2 + 3 * correct, 4 + 18, 2)
+    assert metrics.resumed_seen == 4
+    fresh = RunningMetrics(torch.device("cpu"), {"loss_sum": 3.0, "correct": 2, "seen": 4},
+                           count_resumed=False)  # another rank: the resumed sums count once
+    assert fresh.read() == (0.0, 0, 0, -1)
+
+
+class Recorder:
+    def __init__(self, fail: bool = False):
+        self.ended, self.fail = 0, fail
+
+    def on_fit_start(self, engine): ...
+
+    def on_after_backward(self, engine): ...
+
+    def on_epoch_end(self, engine, metrics): ...
+
+    def on_fit_end(self, engine):
+        self.ended += 1
+        if self.fail:
+            raise RuntimeError("callback broke")
+
+
+def test_fit_end_callbacks_run_when_the_loss_diverges():
+    from labkit.errors import NonFiniteLossError
+
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=8)
+    broken, recorder = Recorder(fail=True), Recorder()
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, log_every_n_steps=1,
+                    criterion=lambda logits, batch: logits.sum() * float("nan"), callbacks=[broken, recorder])
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):  # not the callback's error
+        engine.fit(tiny_loader(), None)
+    assert broken.ended == recorder.ended == 1
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=8)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[Recorder(fail=True)])
+    with pytest.raises(RuntimeError, match="callback broke"):  # a fit that succeeded reports it
+        engine.fit(tiny_loader(), None)
+
+
+def test_best_weights_are_a_cpu_copy():
+    model = FlexibleMLP(depth=1, width=4)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    engine.epoch = 1
+    assert engine._track_best({"val_acc": 0.9, "train_acc": 0.0})
+    for key, value in model.state_dict().items():
+        kept = engine.best_state[key]
+        assert kept.device.type == "cpu" and torch.equal(kept, value)
+        assert kept.data_ptr() != value.data_ptr()  # a copy, not the live weights

@@ -11,18 +11,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from labkit.analysis.callbacks import analysis_callbacks
 from labkit.analysis.grad_monitor import GradientMonitor, probe_grad_norms, weight_groups
-from labkit.analysis.grads import main as grads_main
-from labkit.analysis.grads import plot_grad_norm_comparison, run_labels
+from labkit.analysis.grads import plot_grad_norm_comparison
 from labkit.data import TensorLoader
 from labkit.data.loader import Batch
 from labkit.engine import Engine, cross_entropy
 from labkit.errors import ConfigError
 from labkit.models import FlexibleMLP
+from labkit.report.cli import main as report_main
+from labkit.report.figures import job_label
+from labkit.report.jobs import load_jobs
+from labkit.report.table import swept_keys
 from labkit.tracking import Tracker, read_metrics
 from labkit.training import train
 
@@ -193,7 +195,7 @@ def _train(cfg_factory, tmp_path, data_root, name: str, *overrides: str):
 
 
 def test_training_with_monitor_records_epochs_and_probes_without_changing_the_run(
-        cfg_factory, tmp_path, data_root):
+        cfg_factory, tmp_path, data_root, capsys):
     off_dir, off = _train(cfg_factory, tmp_path, data_root, "off")
     on_dir, on = _train(cfg_factory, tmp_path, data_root, "on", "analysis.grad_norms=true",
                         "analysis.probe_size=64")
@@ -208,33 +210,62 @@ def test_training_with_monitor_records_epochs_and_probes_without_changing_the_ru
     assert not (off_dir / "grad_norms.json").exists()
     assert on["final_train_loss"] == off["final_train_loss"] and on["test_acc"] == off["test_acc"]
 
-    # the comparison command over both runs: one figure, a table, and labels from the overrides
+    # the comparison command over both runs: one figure and a table of the runs that recorded norms
     out = tmp_path / "cmp.png"
-    assert plot_grad_norm_comparison([off_dir], out) is None
-    assert grads_main([str(on_dir), str(off_dir), "-o", str(out)]) == 0 and out.stat().st_size > 0
-    assert grads_main([str(off_dir), "-o", str(tmp_path / "none.png")]) == 2
+    assert [job.grad_norms is not None for job in load_jobs(on_dir, off_dir)] == [True, False]
+    assert plot_grad_norm_comparison([], out) is None and not out.exists()
+    assert report_main(["grads", str(on_dir), str(off_dir), "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
+    table = capsys.readouterr().out
+    assert "job on" in table and "job off" not in table and f"{on['test_acc']:.4f}" in table
+    assert report_main(["grads", str(off_dir), "-o", str(tmp_path / "none.png")]) == 2
     assert not (tmp_path / "none.png").exists()
 
 
 def test_labels_name_the_overrides_that_differ(tmp_path):
-    for name, items in (("a", ["model.depth=2", "model.residual=false", "x=1"]),
-                        ("b", ["model.depth=2", "model.residual=true", "x=1"])):
+    for name, items in (("0", ["model.depth=2", "model.residual=false", "x=1"]),
+                        ("1", ["model.depth=2", "model.residual=true", "x=1"])):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {i}\n" for i in items))
-    assert run_labels([tmp_path / "a", tmp_path / "b"]) == ["model.residual=false", "model.residual=true"]
-    assert run_labels([tmp_path / "a", tmp_path / "missing"]) == [
-        "model.depth=2,model.residual=false,x=1", "missing"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "summary.json").write_text("{}")  # a run without Hydra's record
+    jobs = load_jobs(tmp_path)
+    assert [job.name for job in jobs] == ["0", "1", "other"]
+    keys = swept_keys(jobs[:2])
+    assert [job_label(job, keys) for job in jobs] == ["residual=false", "residual=true", "job other"]
 
 
-def test_grad_flow_experiment_turns_the_monitor_on_and_sweeps_depth_and_residual(cfg_factory):
-    cfg = cfg_factory("experiment=grad_flow_mlp")
-    assert cfg.analysis.grad_norms is True and cfg.model.norm is False and cfg.model.residual is False
-    sweep = OmegaConf.load(CONF / "experiment" / "grad_flow_mlp.yaml").hydra.sweeper.params
-    assert sweep["model.depth"] == "2,10,20,40" and sweep["model.residual"] == "false,true"
+def test_grad_flow_study_builds_each_depth_plain_and_residual_with_the_monitor_on(cfg_factory):
+    """Every job of sweep=grad_flow_mlp, composed as Hydra's sweeper would, builds the model asked for."""
+    import itertools
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from labkit.models import describe_model
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        params = compose("train", ["sweep=grad_flow_mlp"], return_hydra_config=True).hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    choices = [[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    built = set()
+    for job in itertools.product(*choices):
+        cfg = cfg_factory("sweep=grad_flow_mlp", *job)
+        assert cfg.analysis.grad_norms is True and cfg.model.norm is False and cfg.trainer.epochs == 2
+        model = instantiate(cfg.model)
+        built.add((len(model.blocks), describe_model(model)["skip_connections"]))
+    assert built == {(depth, depth - 1 if residual else 0) for depth in (2, 10, 20, 40)
+                     for residual in (False, True)}
 
 
-def test_comparison_command_runs_as_a_module_and_fails_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "labkit.analysis.grads", str(tmp_path)],
+@pytest.mark.parametrize("command", [["labkit.report", "grads"], ["labkit.analysis.grads"]],
+                         ids=["labkit-report", "old module name"])
+def test_comparison_command_runs_as_a_module_and_fails_in_one_line(tmp_path, command):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"test_acc": 0.5}')
+    result = subprocess.run([sys.executable, "-m", *command, str(tmp_path)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "analysis.grad_norms=true" in result.stderr

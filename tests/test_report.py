@@ -151,3 +151,35 @@ def test_command_line_writes_into_the_folder_and_rejects_an_empty_one(study, tmp
     empty.mkdir()
     assert main([str(empty)]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+# -- the one reader behind every subcommand --------------------------------------------------------
+def distill_summary(base: float, dist: float) -> dict:
+    return {"teacher_test_acc": 0.99, "student_baseline_test_acc": base, "student_distill_test_acc": dist,
+            "teacher_params": 100, "student_baseline_params": 10, "student_distill_params": 10,
+            "distill_gain_pp": 100 * (dist - base), "gap_closed_pct": 50.0}
+
+
+def test_a_folder_of_multiruns_is_read_in_job_order(tmp_path):
+    for sweep in ("a", "b"):
+        for n in (10, 2):
+            make_job(tmp_path / sweep, str(n), [f"trainer.seed={n}"], completed(0.5))
+    (tmp_path / "a" / "2" / "teacher").mkdir()  # a stage folder inside a run is not a run
+    (tmp_path / "a" / "2" / "teacher" / "summary.json").write_text("{}")
+    jobs = load_jobs(tmp_path)
+    assert [str(j.path.relative_to(tmp_path)) for j in jobs] == ["a/2", "a/10", "b/2", "b/10"]
+    assert [j.path.name for j in load_jobs(tmp_path / "b", tmp_path / "a" / "10")] == ["2", "10", "10"]
+
+
+def test_distill_subcommand_and_its_old_module_name(tmp_path, capsys):
+    from labkit.distill.aggregate import main as aggregate_main
+
+    for n, (base, dist) in enumerate(((0.96, 0.97), (0.95, 0.97))):
+        make_job(tmp_path / "seeds", str(n), [f"trainer.seed={n}"], distill_summary(base, dist))
+    make_job(tmp_path / "seeds", "2", ["trainer.seed=2"], completed(0.9))  # a train.py job: ignored
+    assert main(["distill", str(tmp_path / "seeds")]) == 0
+    table = capsys.readouterr().out
+    assert "| student baseline | 95.50 ± 0.71 | 10 |" in table and "better in 2 of 2 runs" in table
+    assert aggregate_main([str(tmp_path / "seeds")]) == 0 and capsys.readouterr().out == table
+    assert main(["distill", str(tmp_path / "seeds" / "2")]) == 2
+    assert "no distillation summary.json" in capsys.readouterr().err

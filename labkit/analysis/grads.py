@@ -1,73 +1,25 @@
-"""Gradient-norm figures: one run's ``grad_norms.png`` and a comparison across run directories.
-
-    python -m labkit.analysis.grads RUN_DIR_OR_MULTIRUN_DIR... [-o grad_norms_comparison.png]
+"""Gradient-norm figures and table: one run's ``grad_norms.png``, and several runs compared.
 
 Each run directory written with ``analysis.grad_norms=true`` holds ``grad_norms.json``: the
 per-block gradient norms on a fixed batch at initialisation and at the end of training (see
-:mod:`labkit.analysis.grad_monitor`). The command draws them on one figure, one line per run
-(dashed for runs with skip connections), and prints a table of first- and last-block norms
-next to each run's test accuracy. A multirun directory stands for all its job directories.
+:mod:`labkit.analysis.grad_monitor`). ``labkit-report grads RUN_OR_MULTIRUN_DIR...`` draws several
+runs on one figure, one line per run (dashed for runs with skip connections), and prints a table
+of first- and last-block norms next to each run's test accuracy. ``python -m labkit.analysis.grads``
+is the same command under its old name.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from labkit.analysis.figures import pyplot, save_figure
-from labkit.errors import ConfigError
 
-RECORD = "grad_norms.json"
 PROBES = (("init", "at initialisation"), ("final", "after training"))
-
-
-# -- reading run directories ------------------------------------------------------------------
-def load_grad_norms(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``grad_norms.json`` as a dict, or None when the run did not record one."""
-    path = Path(run_dir) / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories from the arguments: a multirun directory stands for its job folders."""
-    runs: list[Path] = []
-    for path in map(Path, paths):
-        if (path / RECORD).is_file() or not path.is_dir():
-            runs.append(path)
-            continue
-        jobs = [d for d in path.iterdir() if d.is_dir() and (d / RECORD).is_file()]
-        runs += sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0,
-                                            d.name)) or [path]
-    return runs
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    from omegaconf import OmegaConf
-
-    return [str(item) for item in OmegaConf.load(path)]
-
-
-def run_labels(run_dirs: Sequence[Path]) -> list[str]:
-    """Name each run by the command-line overrides that set it apart from the others."""
-    overrides = [_overrides(d) for d in run_dirs]
-    common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
-    labels = []
-    for run_dir, items in zip(run_dirs, overrides, strict=True):
-        own = [item for item in items if item not in common]
-        labels.append(",".join(own) or run_dir.name)
-    return labels
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+#: (legend label, grad_norms.json record) of one run
+LabelledRecord = tuple[str, dict[str, Any]]
 
 
 # -- figures ----------------------------------------------------------------------------------
@@ -108,15 +60,8 @@ def plot_grad_norms(record: dict[str, Any], out: str | Path, title: str = "") ->
     return save_figure(fig, out)
 
 
-def plot_grad_norm_comparison(run_dirs: list[Path], out: Path,
-                              labels: list[str] | None = None) -> Path | None:
-    """Several runs on one figure (one line per run, dashed with skips); None if none recorded."""
-    run_dirs = [Path(d) for d in run_dirs]
-    labels = list(labels) if labels is not None else run_labels(run_dirs)
-    if len(labels) != len(run_dirs):
-        raise ConfigError(f"{len(labels)} labels given for {len(run_dirs)} run directories")
-    runs = [(label, rec) for label, d in zip(labels, run_dirs, strict=True)
-            if (rec := load_grad_norms(d)) is not None]
+def plot_grad_norm_comparison(runs: Sequence[LabelledRecord], out: str | Path) -> Path | None:
+    """Several runs on one figure (one line per run, dashed with skips); None without runs."""
     if not runs:
         return None
     plt = pyplot()
@@ -135,18 +80,15 @@ def plot_grad_norm_comparison(run_dirs: list[Path], out: Path,
 
 
 # -- table ------------------------------------------------------------------------------------
-def comparison_rows(run_dirs: Sequence[Path], labels: Sequence[str]) -> list[dict[str, Any]]:
+def comparison_rows(runs: Sequence[LabelledRecord],
+                    test_accs: Sequence[float | None]) -> list[dict[str, Any]]:
     """Per run: test accuracy and the first and last blocks' probe norms (init and final)."""
     rows = []
-    for run_dir, label in zip(run_dirs, labels, strict=True):
-        record = load_grad_norms(run_dir)
-        if record is None:
-            continue
+    for (label, record), test_acc in zip(runs, test_accs, strict=True):
         names = record["groups"]
         body = [i for i, name in enumerate(names) if name != "head"] or list(range(len(names)))
         first, last = body[0], body[-1]
-        row: dict[str, Any] = {"run": label, "skips": record.get("skip_connections", 0),
-                               "test_acc": _summary(run_dir).get("test_acc")}
+        row: dict[str, Any] = {"run": label, "skips": record.get("skip_connections", 0), "test_acc": test_acc}
         for when, _ in PROBES:
             values = record.get(when) or []
             if values:
@@ -180,28 +122,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m labkit.analysis.grads",
-        description="Compare the per-block gradient norms of several runs on one figure.",
-    )
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories or multirun directories")
-    parser.add_argument("-o", "--out", type=Path, default=Path("grad_norms_comparison.png"),
-                        help="figure to write (default: %(default)s)")
-    parser.add_argument("--labels", nargs="+", help="one legend label per run directory")
-    args = parser.parse_args(argv)
-    try:
-        run_dirs = expand_run_dirs(args.runs)
-        labels = args.labels if args.labels is not None else run_labels(run_dirs)
-        out = plot_grad_norm_comparison(run_dirs, args.out, labels)
-        if out is None:
-            raise ConfigError(f"no {RECORD} in {', '.join(map(str, args.runs))}: "
-                              "train with analysis.grad_norms=true to record gradient norms")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print_table(comparison_rows(run_dirs, labels))
-    print(f"wrote {out}")
-    return 0
+    """The old entry point: ``python -m labkit.analysis.grads ...`` is ``labkit-report grads ...``."""
+    from labkit.report.cli import main as report_main
+
+    return report_main(["grads", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from PIL import Image
 
 from labkit.data.base import ImageDataModule, RawSplits
 from labkit.errors import DataError
+from labkit.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +144,6 @@ class ImageFolder(ImageDataModule):
         path = self.cache_file()
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": CACHE_FORMAT, "fingerprint": stamp, **vars(raw)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)  # readers see the old cache or the new one, never half of one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: torch.save(state, tmp))  # never half a cache
         log.info("cached decoded images in %s", path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,7 +25,9 @@ class TensorLoader:
 
     Each epoch draws one permutation on the device; a batch is gathered by indexing, augmented
     as a whole (if an ``augment`` function is given) and normalised with one fused affine op.
-    There is no per-sample Python and no worker process, which is why it is fast.
+    There is no per-sample Python and no worker process, which is why it is fast. It is
+    stateful: :meth:`state_dict` / :meth:`load_state_dict` save and restore the position inside
+    an epoch, so an interrupted run resumes at the very batch it stopped before.
     """
 
     def __init__(
@@ -68,6 +70,10 @@ class TensorLoader:
         shape = (1, -1) + (1,) * (images.dim() - 2)
         self._scale = (1.0 / (255.0 * std_t)).reshape(shape)
         self._shift = (-mean_t / std_t).reshape(shape)
+        # position in the epoch (see state_dict): batches handed out, where to resume
+        self._position = 0
+        self._epoch_start: torch.Tensor | None = None
+        self._resume: tuple[int, torch.Tensor | None] = (0, None)
 
     @property
     def device(self) -> torch.device:
@@ -86,14 +92,40 @@ class TensorLoader:
         return torch.addcmul(self._shift, images.to(torch.float32), self._scale)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self.iter_from(0)
+        """One epoch, or the rest of the one :meth:`load_state_dict` restored."""
+        start, generator_state = self._resume
+        self._resume = (0, None)
+        self._epoch_start = self.generator.get_state() if self.generator is not None else None
+        self._position = start
+        for batch in self.iter_from(start, generator_state):
+            self._position += 1
+            yield batch
+        self._position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands, the way torchdata's StatefulDataLoader reports it: the batches
+        already handed out in this epoch, the generator's state when the epoch began (it redraws
+        the epoch's order) and its state now (augmentation goes on with the same numbers)."""
+        mid_epoch = 0 < self._position < len(self)
+        return {
+            "batches_done": self._position if mid_epoch else 0,
+            "epoch_generator": self._epoch_start if mid_epoch else None,
+            "generator": self.generator.get_state() if self.generator is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next iteration resumes at its batch."""
+        if self.generator is not None and state["generator"] is not None:
+            start_of_epoch = state["epoch_generator"] if state["batches_done"] else state["generator"]
+            self.generator.set_state(start_of_epoch)
+        self._resume = (int(state["batches_done"]), state["generator"] if state["batches_done"] else None)
 
     def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
-        """Iterate from batch ``start_batch`` of this epoch's order (used to resume mid-epoch).
+        """Batches ``start_batch``, ``start_batch + 1``, ... of the epoch's order.
 
-        The order is drawn as usual (so the generator must hold the state it had at the start of
-        the epoch); ``generator_state`` then replaces the generator's state, so augmentation
-        continues with the random numbers the interrupted epoch would have used.
+        The order is drawn from the generator as usual (so it must hold the state it had at the
+        start of the epoch); ``generator_state`` then replaces the generator's state, so
+        augmentation continues with the random numbers the interrupted epoch would have used.
         """
         n = self.num_samples
         if self.shuffle:

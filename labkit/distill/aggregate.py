@@ -1,27 +1,22 @@
 """Mean and spread over several distillation jobs (e.g. seeds of one multirun):
-``python -m labkit.distill.aggregate <multirun folder> [...]``."""
+``labkit-report distill <multirun folder> [...]`` (``python -m labkit.distill.aggregate`` is the
+same command under its old name)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from labkit.distill.report import LABELS
+from labkit.report.jobs import load_jobs
 
 
 def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every distillation summary.json under ``roots`` (a run directory or a multirun folder)."""
-    found = []
-    for root in roots:
-        for path in sorted(Path(root).rglob("summary.json")):
-            data = json.loads(path.read_text())
-            if "student_distill_test_acc" in data:
-                found.append(data)
-    return found
+    """Every distillation summary.json under ``roots`` (run directories or folders above them)."""
+    return [job.summary for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -44,15 +39,12 @@ def seeds_table(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(rows + lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Mean and spread of distillation runs (seeds).")
-    parser.add_argument("dirs", nargs="+", type=Path, help="run directories or multirun folders")
-    args = parser.parse_args(argv)
-    jobs = find_job_summaries(args.dirs)
-    if not jobs:
-        raise SystemExit(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
-    print(seeds_table(jobs))
+def main(argv: Sequence[str] | None = None) -> int:
+    """The old entry point: ``python -m labkit.distill.aggregate ...`` is ``labkit-report distill ...``."""
+    from labkit.report.cli import main as report_main
+
+    return report_main(["distill", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,33 +10,20 @@ from typing import Any
 import torch
 
 from labkit.errors import CheckpointError
+from labkit.io import atomic_write
 
 #: marks a file as a labkit training checkpoint (checked on load)
 CHECKPOINT_FORMAT = "labkit-checkpoint-v1"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it into place."""
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     """Atomically copy one checkpoint file onto another name (e.g. last.pt -> best.pt)."""
-    _atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def load_checkpoint(

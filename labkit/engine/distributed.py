@@ -81,11 +81,11 @@ def context(strategy: str) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def all_reduce_sum(*tensors: torch.Tensor) -> None:
-    """Sum tensors over all ranks in place (a no-op in a single process)."""
+def all_reduce_sum(tensor: torch.Tensor) -> None:
+    """Sum ``tensor`` over all ranks in place (a no-op in a single process); pack several values
+    into one tensor, since each call is one collective."""
     if dist.is_available() and dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -95,11 +95,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     value = torch.tensor(float(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def leave_process_group() -> None:

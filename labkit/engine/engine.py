@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -16,11 +16,14 @@ from torch import nn
 from labkit.data.loader import Batch
 from labkit.engine.accel import autocast
 from labkit.engine.checkpoint import CHECKPOINT_FORMAT, copy_checkpoint, load_model_weights, save_checkpoint
-from labkit.engine.distributed import DistContext, all_reduce_sum, any_rank
+from labkit.engine.distributed import DistContext, any_rank
+from labkit.engine.metrics import RunningMetrics, Totals
 from labkit.engine.rng import capture_rng_state, restore_rng_state
 from labkit.engine.signals import StopRequest
-from labkit.errors import NonFiniteLossError, OutputError, RunInterrupted
+from labkit.errors import CheckpointError, NonFiniteLossError, OutputError, RunInterrupted
 from labkit.tracking.base import Tracker, TrackerGroup
+
+log = logging.getLogger(__name__)
 
 Criterion = Callable[[torch.Tensor, Batch], torch.Tensor]
 
@@ -56,10 +59,11 @@ class Callback:
 class Engine:
     """Runs epochs of training and validation, keeps running metrics on the device.
 
-    Loss sums and correct counts accumulate as device tensors; the host reads them only every
-    ``log_every_n_steps`` steps and at the end of an epoch, so CUDA never waits on Python.
-    After each epoch ``last.pt`` is written atomically and copied to ``best.pt`` when the
-    validation accuracy improves; the best weights are also kept in memory for the test.
+    Loss sums and correct counts accumulate on the device (:class:`RunningMetrics`); the host
+    reads them only every ``log_every_n_steps`` steps and at the end of an epoch, so CUDA never
+    waits on Python. After each epoch ``last.pt`` is written atomically and copied to
+    ``best.pt`` when the validation accuracy improves; the best weights are also kept on the
+    CPU for the test. The position inside an epoch lives in the (stateful) training loader.
     With ``optimizer=None`` it only evaluates (eval.py, a loaded teacher).
     """
 
@@ -117,11 +121,10 @@ class Engine:
         self.train_time_s = 0.0
         self.train_samples = 0
         self.stop = StopRequest()
-        # Mid-epoch position, filled when a stop request interrupts an epoch (see save()).
+        self.train_loader: Iterable[Batch] | None = None
+        # an interrupted epoch: its last step and sums (the loader keeps its own position)
         self._partial: dict[str, Any] | None = None
-        self._generator: torch.Generator | None = None
-        self._epoch_generator_state: torch.Tensor | None = None
-        self._pending_generator_state: torch.Tensor | None = None  # set by load_state_dict
+        self._loader_state: dict[str, Any] | None = None  # from load_state_dict, applied by fit
 
     # -- helpers -----------------------------------------------------------------------------
     def autocast(self) -> torch.autocast:
@@ -144,193 +147,182 @@ class Engine:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    # -- one epoch of training ---------------------------------------------------------------
+    # -- one step, one epoch -----------------------------------------------------------------
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, clip, update: one optimizer step; returns the loss and logits."""
+        # forward and loss, under the run's autocast
+        with self.autocast():
+            logits = self.train_module(batch.inputs)
+            loss = self.criterion(logits, batch)
+        # backward; callbacks read the fresh gradients (gradient-norm probes)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for callback in self.callbacks:
+            callback.on_after_backward(self)
+        # clip, step the weights, step a per-batch schedule
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.step_scheduler_per_batch:
+            self.scheduler.step()
+        return loss.detach(), logits.detach()
+
     def train_epoch(self, loader: Iterable[Batch], steps: int) -> dict[str, float] | None:
-        """One epoch; returns its metrics, or None when a stop request cut it short."""
+        """One epoch (or the rest of an interrupted one); returns its metrics, or None when a stop
+        request cut it short (the position is then in ``_partial`` and the loader's state)."""
         self.model.train()
-        partial, self._partial = self._partial, None
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        # device-side record of the first step whose loss was not finite (-1: none yet)
-        bad_step = torch.full((), -1, device=self.device, dtype=torch.long)
-        seen, first_step = 0, 1
-        seen_before = 0
-        if partial is not None:  # resuming inside this epoch
-            first_step = partial["step"] + 1
-            if self.dist.is_main:  # partial sums are totals over ranks: count them once
-                loss_sum += partial["loss_sum"]
-                correct += partial["correct"]
-                seen = seen_before = partial["seen"]
-            batches = loader.iter_from(partial["step"], partial["generator_state"])  # type: ignore[attr-defined]
-        else:
-            batches = iter(loader)
+        resumed, self._partial = self._partial, None
+        # an interrupted epoch's sums are totals over ranks: one rank carries them on
+        metrics = RunningMetrics(self.device, resumed, count_resumed=self.dist.is_main)
         self.trackers.epoch_start(self.epoch, self.epochs, steps)
         self._sync()
         start = time.perf_counter()
-        step = first_step - 1
-        for step, batch in enumerate(batches, start=first_step):
-            # forward and loss
-            with self.autocast():
-                logits = self.train_module(batch.inputs)
-                loss = self.criterion(logits, batch)
-            # backward, optional clipping, step
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for callback in self.callbacks:
-                callback.on_after_backward(self)
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
-            if self.step_scheduler_per_batch:
-                self.scheduler.step()
-            # running metrics stay on the device
-            n = batch.targets.shape[0]
-            loss_sum += loss.detach() * n
-            correct += (logits.detach().argmax(1) == batch.targets).sum()
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), step, bad_step)
-            seen += n
+        for step, batch in enumerate(loader, start=resumed["step"] + 1 if resumed else 1):
+            loss, logits = self.train_step(batch)
+            metrics.add(loss * batch.targets.shape[0], logits, batch.targets, step)
+            # log: one read of the device per interval
             if step % self.log_every_n_steps == 0 or step == steps:
-                self._check_finite(bad_step)
-                elapsed = time.perf_counter() - start
-                self.trackers.step(self.epoch, step, {
-                    "loss": loss_sum.item() / seen,
-                    "acc": correct.item() / seen,
-                    "img/s": (seen - seen_before) / max(elapsed, 1e-9),
-                })
-            stop = self.stop.requested
-            if self.dist.enabled:  # all ranks must stop at the same step: agree at log intervals
-                stop = step % self.log_every_n_steps == 0 and any_rank(stop, self.device)
-            if stop and step < steps:
-                self._check_finite(bad_step)
-                sums = [loss_sum.detach().clone(), correct.clone(), torch.tensor(seen, device=self.device)]
-                all_reduce_sum(*sums)
-                self._partial = {"step": step, "seen": int(sums[2].item()), "loss_sum": sums[0].cpu(),
-                                 "correct": sums[1].cpu(),
-                                 "generator_state": self._generator.get_state()
-                                 if self._generator is not None else None}
+                self._log_step(step, metrics, time.perf_counter() - start)
+            # stop on a signal, at a step every rank agrees on
+            if step < steps and self._stop_at(step):
+                self._check_finite(metrics.read())
+                self._partial = {"step": step, **RunningMetrics.state_dict(metrics.all_reduce())}
                 break
         self._sync()
-        self._check_finite(bad_step)
         elapsed = time.perf_counter() - start
         self.train_time_s += elapsed
         if self._partial is not None:
-            self.train_samples += self._partial["seen"] - seen_before
+            self.train_samples += self._partial["seen"] - metrics.resumed_seen
             return None
-        if self.dist.enabled:  # one collective per epoch: sums over every rank's shard
-            seen_t = torch.tensor(seen, device=self.device)
-            all_reduce_sum(loss_sum, correct, seen_t)
-            seen = int(seen_t.item())
-        new_samples = seen - (partial or {}).get("seen", 0)
-        self.train_samples += new_samples
-        return {
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
-            "train_time_s": elapsed,
-            "images_per_s": new_samples / max(elapsed, 1e-9),
-        }
+        totals = self._check_finite(metrics.all_reduce())  # one collective per epoch
+        self.train_samples += totals.seen - metrics.resumed_seen
+        return {"train_loss": totals.loss, "train_acc": totals.acc, "train_time_s": elapsed,
+                "images_per_s": (totals.seen - metrics.resumed_seen) / max(elapsed, 1e-9)}
 
-    def _check_finite(self, bad_step: torch.Tensor) -> None:
-        step = int(bad_step.item())
-        if step >= 0:
+    def _log_step(self, step: int, metrics: RunningMetrics, elapsed: float) -> None:
+        now = self._check_finite(metrics.read())
+        speed = (now.seen - metrics.resumed_seen) / max(elapsed, 1e-9)
+        self.trackers.step(self.epoch, step, {"loss": now.loss, "acc": now.acc, "img/s": speed})
+
+    def _stop_at(self, step: int) -> bool:
+        """A stop was requested; under DDP all ranks agree on it at log intervals only."""
+        if not self.dist.enabled:
+            return self.stop.requested
+        return step % self.log_every_n_steps == 0 and any_rank(self.stop.requested, self.device)
+
+    def _check_finite(self, totals: Totals) -> Totals:
+        if totals.bad_step >= 0:
             raise NonFiniteLossError(
-                f"training loss became non-finite at epoch {self.epoch}, step {step}; the run "
-                f"stops here and keeps its last good checkpoint (try a lower optimizer.lr or "
+                f"training loss became non-finite at epoch {self.epoch}, step {totals.bad_step}; the "
+                f"run stops here and keeps its last good checkpoint (try a lower optimizer.lr or "
                 f"trainer.grad_clip)"
             )
+        return totals
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch], model: nn.Module | None = None) -> dict[str, float]:
         """Mean cross-entropy and accuracy of ``model`` (default: the trained one) on ``loader``.
 
-        The logits are :meth:`logits`' (so ``eval_flip`` applies).
+        The logits are :meth:`logits`' (so ``eval_flip`` applies); under DDP every rank
+        evaluates its shard and gets the total.
         """
         model = model or self.model
         was_training = model.training
         model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        metrics = RunningMetrics(self.device)
         for batch in loader:
             logits = self.logits(model, batch.inputs)
-            loss_sum += F.cross_entropy(logits.float(), batch.targets, reduction="sum")
-            correct += (logits.argmax(1) == batch.targets).sum()
-            seen += batch.targets.shape[0]
+            loss_sum = F.cross_entropy(logits.float(), batch.targets, reduction="sum")
+            metrics.add(loss_sum, logits, batch.targets)
         model.train(was_training)
-        if self.dist.enabled:  # every rank evaluated its shard; all of them get the total
-            seen_t = torch.tensor(seen, device=self.device)
-            all_reduce_sum(loss_sum, correct, seen_t)
-            seen = int(seen_t.item())
-        return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1)}
+        totals = metrics.all_reduce()
+        return {"loss": totals.loss, "acc": totals.acc}
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None) -> list[dict]:
         """Train until the configured epoch; returns the per-epoch metric rows.
 
         Raises :class:`RunInterrupted` after writing a resumable checkpoint when SIGTERM or
-        SIGINT arrives, and :class:`NonFiniteLossError` when the loss diverges.
+        SIGINT arrives, and :class:`NonFiniteLossError` when the loss diverges. ``on_fit_end``
+        runs either way (a final gradient probe, W&B unhooked).
         """
+        self.train_loader = train_loader
+        if self._loader_state is not None:  # set by load_state_dict
+            train_loader.load_state_dict(self._loader_state)  # type: ignore[attr-defined]
+            self._loader_state = None
+        steps = len(train_loader)  # type: ignore[arg-type]
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        self._generator = getattr(train_loader, "generator", None)
-        if self._pending_generator_state is not None and self._generator is not None:
-            if self._partial is None:
-                self._generator.set_state(self._pending_generator_state)
-            self._pending_generator_state = None
-        steps = len(train_loader)  # type: ignore[arg-type]
-        with self.stop:
-            while self.epoch < self.epochs or self._partial is not None:
-                if self._partial is None:
-                    self.epoch += 1
-                    self._epoch_generator_state = (
-                        self._generator.get_state() if self._generator is not None else None)
-                elif self._generator is not None:
-                    self._generator.set_state(self._epoch_generator_state)
-                lr = self.current_lr()
-                epoch_start = time.perf_counter()
-                train = self.train_epoch(train_loader, steps)
-                if train is None:
-                    self.save(is_best=False)
-                    where = (f"a checkpoint was written to {self.checkpoint_dir}; re-run the same "
-                             f"command with trainer.resume=true to continue" if self.checkpoint_dir
-                             else "no checkpoint was written (trainer.checkpoint=false)")
-                    raise RunInterrupted(f"stopped by signal {self.stop.signum} at epoch {self.epoch}; "
-                                         f"{where}", self.stop.signum or signal.SIGTERM)
-                row: dict[str, Any] = {"epoch": self.epoch, **train}
-                if val_loader is not None:
-                    val = self.evaluate(val_loader)
-                    row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
-                row["lr"] = lr
-                if self.scheduler is not None and not self.step_scheduler_per_batch:
-                    self.scheduler.step()
-                row["epoch_time_s"] = time.perf_counter() - epoch_start
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, row)
-                improved = self._track_best(row)
-                self.history.append(row)
-                self.trackers.log_epoch(row)
-                self.save(improved)
-                if any_rank(self.stop.requested, self.device) and self.epoch < self.epochs:
-                    raise RunInterrupted(
-                        f"stopped by signal {self.stop.signum} after epoch {self.epoch}; re-run the "
-                        f"same command with trainer.resume=true to continue",
-                        self.stop.signum or signal.SIGTERM,
-                    )
-        for callback in self.callbacks:
-            callback.on_fit_end(self)
+        ended = False
+        try:
+            with self.stop:
+                while self.epoch < self.epochs or self._partial is not None:
+                    self._fit_epoch(train_loader, val_loader, steps)
+            ended = True
+        finally:
+            self._fit_end(raising=not ended)
         return self.history
+
+    def _fit_epoch(self, train_loader: Iterable[Batch], val_loader: Iterable[Batch] | None,
+                   steps: int) -> None:
+        """Train, validate, step the schedule, log, checkpoint; stop here on a signal."""
+        if self._partial is None:
+            self.epoch += 1
+        lr = self.current_lr()
+        epoch_start = time.perf_counter()
+        train = self.train_epoch(train_loader, steps)
+        if train is None:
+            self.save(is_best=False)
+            where = (f"a checkpoint was written to {self.checkpoint_dir}; re-run the same "
+                     f"command with trainer.resume=true to continue" if self.checkpoint_dir
+                     else "no checkpoint was written (trainer.checkpoint=false)")
+            raise RunInterrupted(f"stopped by signal {self.stop.signum} at epoch {self.epoch}; "
+                                 f"{where}", self.stop.signum or signal.SIGTERM)
+        row: dict[str, Any] = {"epoch": self.epoch, **train}
+        if val_loader is not None:
+            val = self.evaluate(val_loader)
+            row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
+        row["lr"] = lr
+        if self.scheduler is not None and not self.step_scheduler_per_batch:
+            self.scheduler.step()
+        row["epoch_time_s"] = time.perf_counter() - epoch_start
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, row)
+        improved = self._track_best(row)
+        self.history.append(row)
+        self.trackers.log_epoch(row)
+        self.save(improved)
+        if any_rank(self.stop.requested, self.device) and self.epoch < self.epochs:
+            raise RunInterrupted(
+                f"stopped by signal {self.stop.signum} after epoch {self.epoch}; re-run the "
+                f"same command with trainer.resume=true to continue",
+                self.stop.signum or signal.SIGTERM,
+            )
+
+    def _fit_end(self, raising: bool) -> None:
+        """Every callback's ``on_fit_end``; while an error propagates, a callback's own failure is
+        logged rather than raised, so it cannot hide the error that ended the fit."""
+        for callback in self.callbacks:
+            try:
+                callback.on_fit_end(self)
+            except Exception:
+                if not raising:
+                    raise
+                log.exception("%s.on_fit_end failed after the fit failed", type(callback).__name__)
 
     def _track_best(self, row: dict[str, Any]) -> bool:
         score = row.get("val_acc", row["train_acc"])
         if score > self.best_val_acc:
             self.best_val_acc, self.best_epoch = score, self.epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            # on the CPU: a second copy of the weights must not take training-device memory
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             return True
         return False
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where the run stands (weights_only-loadable)."""
-        epoch_start_state = self._epoch_generator_state if self._partial is not None else None
+        loader = getattr(self.train_loader, "state_dict", None)
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -344,14 +336,17 @@ class Engine:
             "train_time_s": self.train_time_s,
             "train_samples": self.train_samples,
             "rng": capture_rng_state(),
-            "loader_generator": self._generator.get_state() if self._generator is not None else None,
-            "epoch_generator_state": epoch_start_state,
+            "loader": loader() if loader is not None else None,
             "partial_epoch": self._partial,
             **self.extra_state,
         }
 
     def load_state_dict(self, state: dict[str, Any], best_model: dict[str, Any] | None = None) -> None:
-        """Restore a :meth:`state_dict`; ``best_model`` restores the best weights for the final test."""
+        """Restore a :meth:`state_dict`; ``best_model`` restores the best weights for the final test.
+        The training loader's position is restored when :meth:`fit` receives the loader."""
+        if state.get("partial_epoch") is not None and state.get("loader") is None:
+            raise CheckpointError("this checkpoint stopped inside an epoch but holds no loader "
+                                  "position (written by an older labkit): resume from an epoch's end")
         load_model_weights(self.model, state["model"], "resume state")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
@@ -364,9 +359,8 @@ class Engine:
         self.train_samples = int(state.get("train_samples", 0))
         self.best_state = best_model
         self._partial = state.get("partial_epoch")
-        self._epoch_generator_state = state.get("epoch_generator_state")
+        self._loader_state = state.get("loader")
         restore_rng_state(state["rng"])
-        self._pending_generator_state = state.get("loader_generator")
 
     def save(self, is_best: bool) -> None:
         if self.checkpoint_dir is None or not self.dist.is_main:

@@ -183,8 +183,7 @@ class FlexibleCNN(PooledConvNet):
         if width < 1 or stem_stride < 1:
             raise ValueError(f"width and stem_stride must be >= 1, got {width}, {stem_stride}")
         block_cls = BLOCKS[block]
-        self.layers, self.block_type, self.width = layers, block, width
-        self.residual, self.norm = residual, norm
+        self.layers = layers
         self.stem = nn.Sequential(
             conv3x3(in_channels, width, stem_stride, bias=not norm), norm2d(width, norm),
             make_activation(activation),

@@ -48,7 +48,6 @@ class ConvPoolNet(PooledConvNet):
         if not widths or any(w < 1 for w in widths) or stem_width < 1:
             raise ValueError(f"widths must be positive integers and stem_width >= 1, got {widths}, "
                              f"{stem_width}")
-        self.widths, self.norm = widths, norm
         self.stem = nn.Sequential(conv3x3(in_channels, stem_width, bias=not norm),
                                   norm2d(stem_width, norm), make_activation(activation))
         channels = [stem_width, *widths]

@@ -35,6 +35,6 @@ def make_norm_1d(name: str, features: int) -> nn.Module:
         raise ValueError(f"unknown norm_type {name!r}; choose one of {sorted(NORMS_1D)}") from None
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all, or only those with ``requires_grad``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, trainable or not (what a checkpoint stores)."""
+    return sum(p.numel() for p in model.parameters())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from labkit.models.layers import make_activation, make_norm_1d
 
 class MLPBlock(nn.Module):
     """One hidden layer: ``Linear -> [Norm] -> Activation -> [Dropout]``.
+
+    The norm and activation come in as layer factories (``norm_layer(features)``,
+    ``act_layer()``), the way timm passes layers, so the network states each choice once.
 
     With ``residual=True`` the block returns ``x + f(x)``: the identity path lets gradients
     reach early layers undiminished, which is the whole point of the depth studies. A skip
@@ -24,18 +28,19 @@ class MLPBlock(nn.Module):
         in_features: int,
         out_features: int,
         residual: bool = False,
-        norm: bool = False,
-        norm_type: str = "batch",
-        activation: str = "relu",
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        act_layer: Callable[[], nn.Module] = nn.ReLU,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if residual and in_features != out_features:
             raise ValueError("a residual block needs in_features == out_features")
         self.residual = residual
-        self.linear = nn.Linear(in_features, out_features, bias=not norm or norm_type != "batch")
-        self.norm = make_norm_1d(norm_type, out_features) if norm else nn.Identity()
-        self.act = make_activation(activation)
+        norm = norm_layer(out_features) if norm_layer is not None else nn.Identity()
+        # BatchNorm subtracts the batch mean, which cancels a bias: the Linear goes without one
+        self.linear = nn.Linear(in_features, out_features, bias=not isinstance(norm, nn.BatchNorm1d))
+        self.norm = norm
+        self.act = act_layer()
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,18 +75,12 @@ class FlexibleMLP(nn.Module):
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth} width={width}")
         in_features = math.prod(int(d) for d in input_shape)
-        self.depth, self.width, self.residual, self.norm = depth, width, residual, norm
+        norm_layer = partial(make_norm_1d, norm_type) if norm else None
+        act_layer = partial(make_activation, activation)
         self.flatten = nn.Flatten()
         self.blocks = nn.ModuleList(
-            MLPBlock(
-                in_features if i == 0 else width,
-                width,
-                residual=residual and i > 0,
-                norm=norm,
-                norm_type=norm_type,
-                activation=activation,
-                dropout=dropout,
-            )
+            MLPBlock(in_features if i == 0 else width, width, residual and i > 0, norm_layer, act_layer,
+                     dropout)
             for i in range(depth)
         )
         self.head = nn.Linear(width, num_classes)

@@ -1,6 +1,6 @@
 """Multirun reports: one table and a few figures from the run directories on disk.
 
-    python -m labkit.report logs/train/multiruns/<date_time>      # or: labkit-report <dir>
+    labkit-report logs/train/multiruns/<date_time>    # or python -m labkit.report; see labkit.report.cli
 """
 
 from labkit.report.jobs import Job, ReportError, load_jobs

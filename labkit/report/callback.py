@@ -25,5 +25,5 @@ class MultirunReport(Callback):
 
             build_report(folder)
         except Exception as exc:
-            log.warning("no report for %s (%s: %s); try python -m labkit.report %s",
+            log.warning("no report for %s (%s: %s); try labkit-report %s",
                         folder, type(exc).__name__, exc, folder)

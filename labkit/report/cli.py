@@ -1,27 +1,90 @@
-"""``python -m labkit.report DIR`` / ``labkit-report DIR``: the report of a multirun or a run."""
+"""``labkit-report`` (or ``python -m labkit.report``): every report on run directories, one command.
+
+    labkit-report DIR                      the job table, report.md/.csv and figures (= jobs DIR)
+    labkit-report grads DIR... [-o PNG]    gradient norms of several runs on one figure, and a table
+    labkit-report distill DIR...           distillation: mean and spread over jobs (e.g. seeds)
+
+Every DIR is a run directory or a folder above run directories (a multirun, several multiruns).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from labkit.errors import LabkitError
-from labkit.report.report import build_report
+from labkit.report.jobs import ReportError, load_jobs
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from labkit.report.report import build_report
+
+    build_report(args.folder, args.out, figures=not args.no_figures)
+    return 0
+
+
+def _grads(args: argparse.Namespace) -> int:
+    from labkit.analysis.grads import comparison_rows, plot_grad_norm_comparison, print_table
+    from labkit.report.figures import job_label
+    from labkit.report.table import swept_keys
+
+    jobs = load_jobs(*args.runs)
+    keys = swept_keys(jobs)
+    labels = args.labels if args.labels is not None else [job_label(job, keys) for job in jobs]
+    if len(labels) != len(jobs):
+        raise ReportError(f"{len(labels)} labels given for {len(jobs)} run directories")
+    recorded = [(label, job) for label, job in zip(labels, jobs, strict=True) if job.grad_norms]
+    if not recorded:
+        raise ReportError(f"no grad_norms.json in {', '.join(map(str, args.runs))}: "
+                          "train with analysis.grad_norms=true to record gradient norms")
+    runs = [(label, job.grad_norms) for label, job in recorded]
+    out = plot_grad_norm_comparison(runs, args.out)
+    print_table(comparison_rows(runs, [job.summary.get("test_acc") for _, job in recorded]))
+    print(f"wrote {out}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from labkit.distill.aggregate import find_job_summaries, seeds_table
+
+    summaries = find_job_summaries(args.dirs)
+    if not summaries:
+        raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
+    print(seeds_table(summaries))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="labkit-report", description="Reports on run directories: a run, a multirun, or any "
+        "folder above runs.", epilog="With no command, `labkit-report DIR` is `labkit-report jobs DIR`.")
+    commands = main.add_subparsers(dest="command", required=True)
+    jobs = commands.add_parser("jobs", help="table (console, report.md, report.csv) and figures")
+    jobs.add_argument("folder", help="a multirun directory (its job folders are read) or a run directory")
+    jobs.add_argument("-o", "--out", help="where to write the report files (default: the folder itself)")
+    jobs.add_argument("--no-figures", action="store_true", help="tables only")
+    jobs.set_defaults(run=_jobs)
+    grads = commands.add_parser("grads", help="compare the per-block gradient norms of several runs")
+    grads.add_argument("runs", nargs="+", type=Path, help="run directories or multirun directories")
+    grads.add_argument("-o", "--out", type=Path, default=Path("grad_norms_comparison.png"),
+                       help="figure to write (default: %(default)s)")
+    grads.add_argument("--labels", nargs="+", help="one legend label per run directory found")
+    grads.set_defaults(run=_grads)
+    distill = commands.add_parser("distill", help="mean ± sd of distillation jobs (seeds of a multirun)")
+    distill.add_argument("dirs", nargs="+", type=Path, help="run directories or multirun folders")
+    distill.set_defaults(run=_distill)
+    return main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="labkit-report",
-        description="Table (console, report.md, report.csv) and figures of a multirun or run directory.",
-    )
-    parser.add_argument("folder", help="a multirun directory (its job folders are read) or a run directory")
-    parser.add_argument("-o", "--out", help="where to write the report files (default: the folder itself)")
-    parser.add_argument("--no-figures", action="store_true", help="tables only")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("jobs", "grads", "distill", "-h", "--help"):
+        argv.insert(0, "jobs")  # the original form: labkit-report DIR
+    args = parser().parse_args(argv)
     try:
-        build_report(args.folder, args.out, figures=not args.no_figures)
+        return args.run(args)
     except LabkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.analysis.figures import pyplot, save_figure
+from labkit.analysis.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
 from labkit.report.table import accuracy_key, format_value, swept_keys
 
@@ -176,14 +177,10 @@ def plot_learning_curves(jobs: Sequence[Job], out: Path) -> Path | None:
     return save_figure(fig, out, bbox_inches="tight")
 
 
-def plot_grad_norms(jobs: Sequence[Job], out: Path) -> Path | None:
-    """Gradient-norm comparison when the jobs recorded grad_norms.json (None otherwise)."""
-    try:
-        from labkit.analysis.grads import plot_grad_norm_comparison
-    except ImportError:
-        return None
+def grad_norm_figure(jobs: Sequence[Job], out: Path) -> Path | None:
+    """The jobs' gradient norms on one figure when they recorded them (None otherwise)."""
     keys = swept_keys(jobs)
-    return plot_grad_norm_comparison([j.path for j in jobs], out, [job_label(j, keys) for j in jobs])
+    return plot_grad_norm_comparison([(job_label(j, keys), j.grad_norms) for j in jobs if j.grad_norms], out)
 
 
 def make_figures(jobs: Sequence[Job], folder: Path) -> list[Path]:
@@ -191,5 +188,5 @@ def make_figures(jobs: Sequence[Job], folder: Path) -> list[Path]:
     figures = [plot_accuracy_vs(jobs, key, folder / f"test_acc_vs_{_file_part(key)}.png")
                for key in x_axis_keys(jobs)]
     figures.append(plot_learning_curves(jobs, folder / "learning_curves.png"))
-    figures.append(plot_grad_norms(jobs, folder / "grad_norms.png"))
+    figures.append(grad_norm_figure(jobs, folder / "grad_norms.png"))
     return [f for f in figures if f is not None]

@@ -1,4 +1,8 @@
-"""Read the jobs of a multirun (or one run) back from disk: overrides, summary, metrics, status."""
+"""The one reader of run directories: overrides, summary, metrics, gradient norms and status.
+
+Every command that looks at finished (or running) runs reads them through :func:`load_jobs`:
+the multirun report, the gradient-norm comparison and the distillation aggregate.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ class Job:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     status: str = "completed"
     config: dict[str, Any] = field(default_factory=dict)
+    #: grad_norms.json (analysis.grad_norms=true), None when the run did not record it
+    grad_norms: dict[str, Any] | None = None
 
     def get(self, key: str) -> Any:
         """A summary figure, falling back on what metrics.jsonl says so far (running jobs)."""
@@ -89,6 +95,7 @@ def load_job(folder: Path, now: float | None = None) -> Job:
     config = OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.is_file() else {}
     summary = _read_json(folder / "summary.json")
     metrics_file = folder / "metrics.jsonl"
+    grad_norms = _read_json(folder / "grad_norms.json")
     return Job(
         path=folder,
         name=folder.name,
@@ -97,28 +104,46 @@ def load_job(folder: Path, now: float | None = None) -> Job:
         metrics=read_metrics(metrics_file) if metrics_file.is_file() else [],
         status=job_status(summary, folder, now),
         config=config if isinstance(config, dict) else {},
+        grad_norms=grad_norms or None,
     )
+
+
+#: a folder holding any of these is a run directory (train.py without Hydra writes no .hydra/)
+RUN_MARKERS = (".hydra", "summary.json", "metrics.jsonl")
+
+
+def is_run_dir(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKERS)
 
 
 def _job_order(path: Path) -> tuple[int, int, str]:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
-def find_job_dirs(folder: str | Path) -> list[Path]:
-    """The run directories under ``folder``: itself for a single run, else its job folders."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReportError(f"{folder} is not a folder")
-    if (folder / ".hydra").is_dir():
+def _runs_under(folder: Path) -> list[Path]:
+    if is_run_dir(folder):
         return [folder]
-    jobs = sorted((d for d in folder.iterdir() if (d / ".hydra").is_dir()), key=_job_order)
-    if not jobs:
-        raise ReportError(f"{folder} holds no run: expected a run directory (with .hydra/) or a "
-                          f"multirun directory whose job folders have one")
-    return jobs
+    children = sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                      key=_job_order)
+    return [run for child in children for run in _runs_under(child)]
 
 
-def load_jobs(folder: str | Path) -> list[Job]:
-    """All jobs of a multirun directory (or the one run of a run directory), in job order."""
+def find_job_dirs(*folders: str | Path) -> list[Path]:
+    """The run directories under ``folders``: a run directory stands for itself, any other folder
+    (a multirun, a folder of multiruns) for the runs below it, in job order (0, 1, ..., 10)."""
+    runs: list[Path] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a folder")
+        found = _runs_under(folder)
+        if not found:
+            raise ReportError(f"{folder} holds no run: expected a run directory (with .hydra/ or "
+                              f"summary.json) or a multirun directory whose job folders have one")
+        runs += found
+    return runs
+
+
+def load_jobs(*folders: str | Path) -> list[Job]:
+    """Every job under ``folders`` (see :func:`find_job_dirs`), in job order."""
     now = time.time()
-    return [load_job(d, now) for d in find_job_dirs(folder)]
+    return [load_job(d, now) for d in find_job_dirs(*folders)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from labkit.io import atomic_write_text
 from labkit.tracking.base import Tracker
 
 
@@ -25,10 +25,8 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_plain(data), indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically, so readers (the report of a running sweep) never see half a file."""
+    atomic_write_text(path, json.dumps(_plain(data), indent=2) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -60,9 +58,7 @@ class FileTracker(Tracker):
     def restart_from(self, history: list[dict[str, Any]]) -> None:
         """On resume: rewrite metrics.jsonl with the checkpoint's epochs (drops rows logged after it)."""
         self.history = [dict(row) for row in history]
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(_plain(row)) + "\n" for row in history))
-        os.replace(tmp, self.metrics_path)
+        atomic_write_text(self.metrics_path, "".join(json.dumps(_plain(row)) + "\n" for row in history))
 
     def log_epoch(self, metrics):
         self.history.append(dict(metrics))
