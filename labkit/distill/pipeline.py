@@ -405,6 +405,7 @@ def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict
         "gap_closed_pct": gap_closed(results["teacher"]["summary"]["test_acc"],
                                      results["student_baseline"]["summary"]["test_acc"],
                                      distilled["test_acc"]),
+        "student_distill_training_params": distilled.get("training_params", distilled.get("params")),
         "same_initial_weights": results["student_baseline"]["summary"].get("initial_weights_sha256")
         == distilled.get("initial_weights_sha256"),
     })
