@@ -51,7 +51,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = find_job_summaries(args.dirs)
     if not jobs:
         raise SystemExit(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
-    print(seeds_table(jobs))
+    methods = {j.get("method_label") or j.get("method") for j in jobs}
+    if len(methods) > 1:  # a methods study: each method against the baseline, paired by seed
+        from labkit.distill.compare import methods_table
+
+        print(methods_table(jobs))
+    else:
+        print(seeds_table(jobs))
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     same_init = baseline.get("initial_weights_sha256") == distilled.get("initial_weights_sha256")
     notes = [
         f"- distilled student's loss: {distilled.get('ce_weight', 1 - distilled.get('alpha', 0)):g} x CE + "
-        f"the terms of {distilled.get('method', 'kd')} (kd: alpha * T^2 * KL(teacher || student at T)); "
-        f"teacher outputs: {distilled.get('teacher_outputs')}.",
+        f"the {distilled.get('method', 'kd')} term(s) (conf/distill.yaml; kd's is alpha * T^2 * "
+        f"KL(teacher || student at T)); teacher outputs: {distilled.get('teacher_outputs')}.",
         f"- both students started from the same initial weights: {'yes' if same_init else 'NO'} "
         f"(sha256 {baseline.get('initial_weights_sha256')} / {distilled.get('initial_weights_sha256')}).",
         f"- epochs: teacher {summaries['teacher'].get('epochs_completed')}, students "
