@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from labkit.errors import CheckpointError, ConfigError
@@ -38,7 +38,9 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _select(cfg: DictConfig, key: str) -> Any:
     value = OmegaConf.select(cfg, key)
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
