@@ -161,9 +161,8 @@ def test_live_teacher_sees_the_students_batch_and_is_never_changed(data_root, au
     provider = teacher_outputs(teacher, dm, setting)
     assert isinstance(provider, LiveTeacher)
     student = InputRecorder(FlexibleMLP(depth=1, width=8))
-    trained = DistilledStudent(student, [KD(4.0, 0.5)])
-    engine = Engine(trained, torch.optim.SGD(trained.parameters(), lr=0.1), epochs=1,
-                    criterion=DistillationCriterion(provider, trained, 0.5))
+    engine = Engine(student, torch.optim.SGD(student.parameters(), lr=0.1), epochs=1,
+                    criterion=DistillationCriterion(provider, [KD(4.0, 0.5)], 0.5))
     engine.fit(dm.loader("train", torch.Generator().manual_seed(0)), None)
     assert len(teacher.seen) == len(student.seen) == len(dm.loader("train"))
     for t_in, s_in in zip(teacher.seen, student.seen, strict=True):

@@ -341,6 +341,10 @@ def test_stage_store_reuses_the_teacher_and_the_baseline(data_root, tmp_path):
     first = pipeline.distill(compose_config([*common, "distill.method=dist"], tmp_path / "a",
                                             config_name="distill"))
     assert first["stages_run"] == ["teacher", "student_baseline", "student_distill"]
+    # a logit method trains the bare student: its checkpoints load where the baseline's do
+    keys = [torch.load(tmp_path / "a" / stage / "checkpoints" / "best.pt", weights_only=True)["model"].keys()
+            for stage in ("student_baseline", "student_distill")]
+    assert keys[0] == keys[1]
     second = pipeline.distill(compose_config([*common, "distill.method=rkd"], tmp_path / "b",
                                              config_name="distill"))
     assert second["stages_run"] == ["student_distill"]

@@ -307,9 +307,11 @@ def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedMo
     was_training = student.module.training
     methods = distillation_terms(cfg, teacher.module, student.module, example_inputs(ctx))
     student.module.train(was_training)
-    wrapper = DistilledStudent(student.module, methods).to(ctx.rt.device)
-    if student.fast_path.channels_last:
-        wrapper.methods.to(memory_format=torch.channels_last)
+    wrapper = None
+    if DistilledStudent.needed(methods):
+        wrapper = DistilledStudent(student.module, methods).to(ctx.rt.device)
+        if student.fast_path.channels_last:
+            wrapper.methods.to(memory_format=torch.channels_last)
     total_steps = int(cfg.trainer.epochs) * len(ctx.loader("train"))
     for method in methods:
         if hasattr(method, "set_total_steps"):
@@ -318,8 +320,9 @@ def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedMo
     outputs = teacher_outputs(teacher.module, ctx.datamodule, cfg.distill.cache_teacher,
                               teacher.fast_path.precision, points)
     weight = ce_weight(OmegaConf.to_container(cfg.distill, resolve=True))
-    criterion = DistillationCriterion(outputs, wrapper, weight,
-                                      OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0))
+    criterion = DistillationCriterion(outputs, methods, weight,
+                                      OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0), wrapper)
+    connector_params = wrapper.extra_params() if wrapper is not None else 0
     info: dict[str, Any] = {
         "method": method_label(cfg.distill.method),
         "method_label": " + ".join(m.describe() for m in methods) + f"; CE x {weight:g}",
@@ -327,12 +330,13 @@ def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedMo
                             if m.pairs else m.settings() for m in methods},
         "ce_weight": weight,
         "teacher_outputs": "cached" if outputs.cached else "live",
-        "connector_params": wrapper.extra_params(),
-        "training_params": student.info()["params"] + wrapper.extra_params(),
+        "connector_params": connector_params,
+        "training_params": student.info()["params"] + connector_params,
     }
     if "kd" in method_names(cfg.distill.method):  # the lab's KD fields, as before
         info.update({"temperature": float(cfg.distill.kd.temperature), "alpha": float(cfg.distill.kd.alpha)})
-    return PreparedModel(wrapper, student.fast_path, student.device), criterion, info
+    trained = PreparedModel(wrapper, student.fast_path, student.device) if wrapper is not None else student
+    return trained, criterion, info
 
 
 def skip(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
