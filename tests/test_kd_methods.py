@@ -337,10 +337,15 @@ def test_feature_method_run_uses_the_live_teacher_on_a_cnn(data_root, tmp_path):
 # -- one teacher and one baseline per seed, shared by the jobs of a sweep ------------------------------
 def test_stage_store_reuses_the_teacher_and_the_baseline(data_root, tmp_path):
     store = tmp_path / "stages"
-    common = [*tiny(data_root, tmp_path), f"distill.stage_store={store}", "distill.teacher_seed=0"]
+    common = [*tiny(data_root, tmp_path), f"distill.stage_store={store}", "distill.teacher_seed=0",
+              "distill.teacher_epochs=2"]
     first = pipeline.distill(compose_config([*common, "distill.method=dist"], tmp_path / "a",
                                             config_name="distill"))
     assert first["stages_run"] == ["teacher", "student_baseline", "student_distill"]
+    def epochs(stage):
+        return [json.loads(line)["epoch"] for line in (tmp_path / "a" / stage / "metrics.jsonl").open()]
+
+    assert epochs("teacher") == [1, 2] and epochs("student_distill") == [1]  # distill.teacher_epochs
     # a logit method trains the bare student: its checkpoints load where the baseline's do
     keys = [torch.load(tmp_path / "a" / stage / "checkpoints" / "best.pt", weights_only=True)["model"].keys()
             for stage in ("student_baseline", "student_distill")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from labkit.distill.stages import (
     stage_path,
     stage_settings,
     stored_stage_path,
+    teacher_config,
     teacher_seed,
     weights_sha256,
 )
@@ -71,9 +72,10 @@ def validate_distill_config(cfg: DictConfig) -> None:
     if not needs_features(distill["method"]):
         build_methods(distill)  # checks every term's values (feature methods: once the models exist)
     use_teacher_cache(cfg.distill.cache_teacher, augmented=False)  # checks the value only
-    seed = distill.get("teacher_seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"distill.teacher_seed={seed!r} is invalid: expected an integer or null")
+    for key, low in (("teacher_seed", 0), ("teacher_epochs", 1)):
+        value = distill.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"distill.{key}={value!r} is invalid: expected an integer >= {low} or null")
     ckpt = cfg.distill.teacher_ckpt
     if ckpt and not Path(ckpt).expanduser().is_file():
         raise ConfigError(f"distill.teacher_ckpt={ckpt!r} is invalid: no such file")
@@ -201,8 +203,9 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     if ckpt:
         load_model_weights(teacher.module, model_state_from_checkpoint(ckpt), ckpt)
         summary, history = evaluate_stage(ctx, "teacher", teacher, str(ckpt)), []
-    else:
-        summary, history = train_stage(ctx, "teacher", teacher, extra={"seed": seed}, seed=seed)
+    else:  # with its own seed and number of epochs (distill.teacher_seed / teacher_epochs)
+        summary, history = train_stage(replace(ctx, cfg=teacher_config(ctx.cfg)), "teacher", teacher,
+                                       extra={"seed": seed}, seed=seed)
     summary["weights_sha256"] = weights_sha256(teacher.module.state_dict())
     save(ctx, "teacher", teacher.module, summary, history, settings, to_store=not ckpt)
     ctx.ran.append("teacher")

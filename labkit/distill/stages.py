@@ -62,7 +62,8 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
         ckpt = _select(cfg, "distill.teacher_ckpt")
         if ckpt:
             return {"teacher": _select(cfg, "teacher"), "distill.teacher_ckpt": str(ckpt), "data": data}
-        return {"teacher": _select(cfg, "teacher"), **training, "trainer.seed": teacher_seed(cfg)}
+        return {"teacher": _select(cfg, "teacher"), **training, "trainer.seed": teacher_seed(cfg),
+                "trainer.epochs": teacher_epochs(cfg)}
     settings = {"student": _select(cfg, "student"), **training}
     if stage == "student_distill":
         from labkit.distill.methods import method_names
@@ -82,6 +83,20 @@ def teacher_seed(cfg: DictConfig) -> int:
     """``distill.teacher_seed``, else ``trainer.seed``: the seed the teacher is trained with."""
     seed = OmegaConf.select(cfg, "distill.teacher_seed")
     return int(cfg.trainer.seed if seed is None else seed)
+
+
+def teacher_epochs(cfg: DictConfig) -> int:
+    """``distill.teacher_epochs``, else ``trainer.epochs``: how long the teacher trains."""
+    epochs = OmegaConf.select(cfg, "distill.teacher_epochs")
+    return int(cfg.trainer.epochs if epochs is None else epochs)
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``trainer.epochs`` set to the teacher's (schedules that interpolate it, e.g.
+    cosine's ``T_max``, follow)."""
+    if OmegaConf.select(cfg, "distill.teacher_epochs") is None:
+        return cfg
+    return OmegaConf.merge(cfg, {"trainer": {"epochs": teacher_epochs(cfg)}})
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
