@@ -84,7 +84,7 @@ TARGET_TEACHER_ACC = 0.93
 # - trainer.checkpoint=false: a one-shot check is never resumed, and the teacher's last.pt/best.pt
 #   (weights + momentum, ~170 MB) would be written every epoch. Stage files are still written.
 # - data.cache_dir=null: the JPEGs are decoded once in the job; no 180 MB cache file.
-# - distill.temperature / alpha: labkit's defaults (T=4, alpha=0.5, the lab's alpha); the data
+# - distill.kd.temperature / alpha: labkit's defaults (T=4, alpha=0.5, the lab's alpha); the data
 #   are augmented (crop + flip), so the teacher runs live on every batch.
 VAL_SIZE = 1000
 RECIPE = [

@@ -14,8 +14,16 @@ from torch import nn
 
 import labkit.distill.pipeline as pipeline
 from labkit.data import MNISTFamily
-from labkit.distill import CachedTeacher, DistillationCriterion, LiveTeacher, kd_loss, teacher_outputs
+from labkit.distill import (
+    CachedTeacher,
+    DistillationCriterion,
+    DistilledStudent,
+    LiveTeacher,
+    kd_loss,
+    teacher_outputs,
+)
 from labkit.distill.aggregate import seeds_table
+from labkit.distill.methods.kd import KD
 from labkit.distill.report import gap_closed
 from labkit.distill.teacher import use_teacher_cache
 from labkit.engine import Engine
@@ -111,7 +119,7 @@ def test_cached_logits_line_up_with_sample_indices_under_shuffling(data_root):
     for batch in loader:
         with torch.no_grad():
             expected = reference(batch.inputs)
-        torch.testing.assert_close(provider(batch), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(provider(batch).logits, expected, rtol=1e-5, atol=1e-5)
     assert not torch.equal(batch.index, torch.arange(len(batch.index)) + batch.index.min())  # shuffled
     # filled from a shuffled loader (the original lab's setting), the cache is still keyed by index
     refilled = CachedTeacher(teacher, dm.loader("train", torch.Generator().manual_seed(5)), 500)
@@ -154,7 +162,7 @@ def test_live_teacher_sees_the_students_batch_and_is_never_changed(data_root, au
     assert isinstance(provider, LiveTeacher)
     student = InputRecorder(FlexibleMLP(depth=1, width=8))
     engine = Engine(student, torch.optim.SGD(student.parameters(), lr=0.1), epochs=1,
-                    criterion=DistillationCriterion(provider, 4.0, 0.5))
+                    criterion=DistillationCriterion(provider, [KD(4.0, 0.5)], 0.5))
     engine.fit(dm.loader("train", torch.Generator().manual_seed(0)), None)
     assert len(teacher.seen) == len(student.seen) == len(dm.loader("train"))
     for t_in, s_in in zip(teacher.seen, student.seen, strict=True):
@@ -192,7 +200,8 @@ def recorded_stages(monkeypatch):
     real = pipeline.train_stage
 
     def recording(ctx, stage, model, *args, **kwargs):
-        starts[stage] = copy.deepcopy(model.module.state_dict())
+        module = model.module.student if isinstance(model.module, DistilledStudent) else model.module
+        starts[stage] = copy.deepcopy(module.state_dict())
         return real(ctx, stage, model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_stage", recording)
@@ -227,8 +236,8 @@ def test_rerun_skips_finished_stages_and_force_retrains(data_root, tmp_path, rec
     assert pipeline.distill(compose_distill(data_root, run_dir))["stages_run"] == ["student_distill"]
     # changed settings are refused rather than silently mixed into one comparison
     with pytest.raises(ConfigError, match="other settings"):
-        pipeline.distill(compose_distill(data_root, run_dir, "distill.temperature=7"))
-    summary = pipeline.distill(compose_distill(data_root, run_dir, "distill.temperature=7",
+        pipeline.distill(compose_distill(data_root, run_dir, "distill.kd.temperature=7"))
+    summary = pipeline.distill(compose_distill(data_root, run_dir, "distill.kd.temperature=7",
                                                "distill.force=true"))
     assert summary["stages_run"] == list(STAGES) and summary["temperature"] == 7.0
 
@@ -248,7 +257,7 @@ def test_teacher_from_checkpoint_is_evaluated_not_trained(data_root, tmp_path, r
 
 @pytest.mark.slow
 def test_distill_command_sweeps_and_leaves_every_file(data_root, tmp_path):
-    result = run_cli("distill.py", "-m", "distill.temperature=2,4", "distill.alpha=0.5",
+    result = run_cli("distill.py", "-m", "distill.kd.temperature=2,4", "distill.kd.alpha=0.5",
                      *tiny(data_root, tmp_path))
     assert result.returncode == 0, result.stderr
     sweep = next((tmp_path / "distill" / "multiruns").iterdir())
@@ -264,19 +273,19 @@ def test_distill_command_sweeps_and_leaves_every_file(data_root, tmp_path):
             assert (job / stage / "checkpoints" / "best.pt").is_file()
         table = (job / "comparison.md").read_text()
         assert "| model | test acc (%) | test loss | params | gap closed (%) |" in table
-        assert f"student distilled (T={T:g}, alpha=0.5)" in table
+        assert f"student distilled: kd (T={T:g}, alpha=0.5); CE x 0.5" in table
         summary = json.loads((job / "summary.json").read_text())
         assert summary["temperature"] == T and summary["same_initial_weights"] is True
         assert summary["teacher_params"] > summary["student_baseline_params"]
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        assert f"distill.temperature={T:g}" in overrides
+        assert f"distill.kd.temperature={T:g}" in overrides
 
 
 def test_bad_distill_values_exit_2_with_one_line(tmp_path):
-    result = run_cli("distill.py", "distill.alpha=1.5", f"paths.log_dir={tmp_path}", "logger=none")
+    result = run_cli("distill.py", "distill.kd.alpha=1.5", f"paths.log_dir={tmp_path}", "logger=none")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: distill.alpha=1.5 is invalid: expected a number in [0, 1]"]
+        "error: distill.kd.alpha=1.5 is invalid: expected a number in [0, 1]"]
 
 
 # -- the report ----------------------------------------------------------------------------------

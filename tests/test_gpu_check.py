@@ -110,10 +110,10 @@ def test_toy_check_runs_end_to_end_and_fills_the_table(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_distillation_is_one_line_in_the_table(tmp_path):
-    result = run_check(tmp_path, "--toy", "--skip-throughput", "--override", "distill.alpha=1.5")
+    result = run_check(tmp_path, "--toy", "--skip-throughput", "--override", "distill.kd.alpha=1.5")
     assert result.returncode == 1
     table = (tmp_path / "t.md").read_text()
-    failed = r"distill\.py failed: exit code \d+\*\*: `.*distill\.alpha=1\.5 is invalid"
+    failed = r"distill\.py failed: exit code \d+\*\*: `.*distill\.kd\.alpha=1\.5 is invalid"
     assert re.search(failed, table), table
     for stage in STAGES:
         assert f"| {stage} | not finished" in table

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from labkit.distill.methods.kd import kd_soft_loss
 from labkit.errors import ConfigError
 
 
@@ -41,12 +42,7 @@ def kd_loss(
     """
     check_kd_params(temperature, alpha)
     student = student_logits.float()
-    soft = student.new_zeros(())
-    hard = student.new_zeros(())
-    if alpha > 0:
-        log_p_student = F.log_softmax(student / temperature, dim=1)
-        p_teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
-        soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
-    if alpha < 1:
-        hard = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+    soft = kd_soft_loss(student, teacher_logits, temperature) if alpha > 0 else student.new_zeros(())
+    hard = (F.cross_entropy(student, targets, label_smoothing=label_smoothing) if alpha < 1
+            else student.new_zeros(()))
     return alpha * soft + (1 - alpha) * hard

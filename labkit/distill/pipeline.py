@@ -3,14 +3,14 @@
 All three stages go through the same :class:`~labkit.engine.Engine`; only the criterion
 differs. Both students start from one fresh initialisation (the same weights, verified by
 fingerprint) and see the same batches in the same order, so the only difference between them
-is the soft-target term.
+is the distillation term (``distill.method``: KD's soft targets, FitNet's hints, ...).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from torch import nn
 
 from labkit.config.validate import RULES, validate_config
-from labkit.distill.loss import check_kd_params, kd_loss
+from labkit.distill.criterion import DistillationCriterion, DistilledStudent
+from labkit.distill.methods import (
+    DistillMethod,
+    build_methods,
+    ce_weight,
+    method_label,
+    method_names,
+    needs_features,
+    probe_shapes,
+)
 from labkit.distill.report import write_comparison
 from labkit.distill.stages import (
     load_stage,
@@ -28,9 +38,12 @@ from labkit.distill.stages import (
     save_stage,
     stage_path,
     stage_settings,
+    stored_stage_path,
+    teacher_config,
+    teacher_seed,
     weights_sha256,
 )
-from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs, use_teacher_cache
+from labkit.distill.teacher import teacher_outputs, use_teacher_cache
 from labkit.engine import distributed, seed_everything
 from labkit.engine.checkpoint import load_model_weights
 from labkit.engine.engine import Criterion
@@ -39,21 +52,6 @@ from labkit.run import PreparedModel, Runtime, build_engine, build_model, build_
 from labkit.tracking import TrackerGroup, config_tree, write_json
 
 log = logging.getLogger(__name__)
-
-
-class DistillationCriterion:
-    """The engine criterion of the distilled student: :func:`kd_loss` against the teacher's
-    logits for the same samples."""
-
-    def __init__(self, teacher: CachedTeacher | LiveTeacher, temperature: float, alpha: float,
-                 label_smoothing: float = 0.0) -> None:
-        check_kd_params(temperature, alpha)
-        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
-        self.label_smoothing = float(label_smoothing or 0.0)
-
-    def __call__(self, logits: torch.Tensor, batch) -> torch.Tensor:
-        return kd_loss(logits, self.teacher(batch), batch.targets, self.temperature, self.alpha,
-                       self.label_smoothing)
 
 
 def validate_distill_config(cfg: DictConfig) -> None:
@@ -69,8 +67,15 @@ def validate_distill_config(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, role_key, default=None)
             if value is not None and not check(value):
                 raise ConfigError(f"{role_key}={value!r} is invalid: expected {allowed}")
-    check_kd_params(cfg.distill.temperature, cfg.distill.alpha)
+    distill = OmegaConf.to_container(cfg.distill, resolve=True)
+    ce_weight(distill)
+    if not needs_features(distill["method"]):
+        build_methods(distill)  # checks every term's values (feature methods: once the models exist)
     use_teacher_cache(cfg.distill.cache_teacher, augmented=False)  # checks the value only
+    for key, low in (("teacher_seed", 0), ("teacher_epochs", 1)):
+        value = distill.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(f"distill.{key}={value!r} is invalid: expected an integer >= {low} or null")
     ckpt = cfg.distill.teacher_ckpt
     if ckpt and not Path(ckpt).expanduser().is_file():
         raise ConfigError(f"distill.teacher_ckpt={ckpt!r} is invalid: no such file")
@@ -113,7 +118,10 @@ def build_role(ctx: Context, role: str) -> PreparedModel:
 
 
 def stage_info(ctx: Context, stage: str, model: PreparedModel) -> dict[str, Any]:
-    """The stage's model table: the same fields as a train.py run's, plus the stage name."""
+    """The stage's model table: the same fields as a train.py run's, plus the stage name. For a
+    distilled student, the deployed student's (connectors are counted in ``training_params``)."""
+    if isinstance(model.module, DistilledStudent):
+        model = PreparedModel(model.module.student, model.fast_path, model.device)
     return {
         "stage": stage,
         **model.info(),
@@ -128,15 +136,18 @@ def _val_loader(ctx: Context):
 
 
 def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion: Criterion | None = None,
-                extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fit ``model`` with ``criterion`` through the engine, test it, log it as W&B job ``stage``."""
+                extra: dict[str, Any] | None = None, seed: int | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit ``model`` with ``criterion`` through the engine, test it, log it as W&B job ``stage``
+    (``seed``: default ``trainer.seed``)."""
+    seed = ctx.seed if seed is None else seed
     cfg, stage_dir = ctx.cfg, ctx.run_dir / stage
     (stage_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of an interrupted attempt
     info = {**stage_info(ctx, stage, model), **(extra or {})}
     trackers = ctx.trackers(stage)
     # the same random stream for every stage: identical batch order and dropout masks
-    seed_everything(ctx.seed, cfg.trainer.deterministic)
-    generator = torch.Generator(device=ctx.rt.device).manual_seed(ctx.seed)
+    seed_everything(seed, cfg.trainer.deterministic)
+    generator = torch.Generator(device=ctx.rt.device).manual_seed(seed)
     train_loader = ctx.loader("train", generator)
     engine = build_engine(cfg, model, ctx.rt, steps_per_epoch=len(train_loader), criterion=criterion,
                           trackers=trackers,
@@ -177,23 +188,52 @@ def evaluate_stage(ctx: Context, stage: str, model: PreparedModel, source: str) 
 
 
 def run_teacher(ctx: Context) -> dict[str, Any]:
-    """Stage 1: train the teacher, or load ``distill.teacher_ckpt`` and evaluate it."""
+    """Stage 1: train the teacher, or load ``distill.teacher_ckpt`` and evaluate it, or reuse the
+    one a ``distill.stage_store`` holds for the same settings."""
     settings = stage_settings(ctx.cfg, "teacher")
     if stage_path(ctx.run_dir, "teacher").is_file() and not ctx.cfg.distill.force:
         return skip(ctx, "teacher", settings)
-    seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
-    teacher = build_role(ctx, "teacher")
     ckpt = ctx.cfg.distill.teacher_ckpt
+    stored = from_store(ctx, "teacher", settings) if not ckpt else None
+    if stored is not None:
+        return stored
+    seed = teacher_seed(ctx.cfg)
+    seed_everything(seed, ctx.cfg.trainer.deterministic)
+    teacher = build_role(ctx, "teacher")
     if ckpt:
         load_model_weights(teacher.module, model_state_from_checkpoint(ckpt), ckpt)
         summary, history = evaluate_stage(ctx, "teacher", teacher, str(ckpt)), []
-    else:
-        summary, history = train_stage(ctx, "teacher", teacher)
+    else:  # with its own seed and number of epochs (distill.teacher_seed / teacher_epochs)
+        summary, history = train_stage(replace(ctx, cfg=teacher_config(ctx.cfg)), "teacher", teacher,
+                                       extra={"seed": seed}, seed=seed)
     summary["weights_sha256"] = weights_sha256(teacher.module.state_dict())
-    if ctx.rt.dist.is_main:
-        save_stage(ctx.run_dir, "teacher", teacher.module, summary, history, settings)
+    save(ctx, "teacher", teacher.module, summary, history, settings, to_store=not ckpt)
     ctx.ran.append("teacher")
     return {"summary": summary, "history": history, "model": teacher.module.state_dict()}
+
+
+def save(ctx: Context, stage: str, model: nn.Module, summary: dict[str, Any],
+         history: list[dict[str, Any]], settings: dict[str, Any], to_store: bool = False) -> None:
+    """Write ``<stage>.pth`` (rank 0), and a copy into ``distill.stage_store`` when asked."""
+    if not ctx.rt.dist.is_main:
+        return
+    save_stage(ctx.run_dir, stage, model, summary, history, settings)
+    store = ctx.cfg.distill.stage_store
+    if to_store and store:
+        save_stage(ctx.run_dir, stage, model, summary, history, settings,
+                   path=stored_stage_path(store, stage, settings))
+
+
+def from_store(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The record ``distill.stage_store`` keeps for ``stage`` made with ``settings``, if any."""
+    store = ctx.cfg.distill.stage_store
+    path = stored_stage_path(store, stage, settings) if store else None
+    if path is None or not path.is_file() or ctx.cfg.distill.force:
+        return None
+    record = load_stage(ctx.run_dir, stage, settings, path=path)
+    record["summary"] = {**record["summary"], "reused_from": str(path)}
+    ctx.console.print(f"{stage}: reusing {path} (same settings; trained by an earlier job)", highlight=False)
+    return record
 
 
 def fresh_student_state(ctx: Context) -> dict[str, torch.Tensor]:
@@ -217,25 +257,89 @@ def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
             return record
         ctx.console.print(f"{stage}: its teacher or initial weights changed since it ran; training "
                           f"it again", highlight=False)
+    if stage == "student_baseline":
+        stored = from_store(ctx, stage, settings)
+        if stored is not None and stored["summary"].get("initial_weights_sha256") == init_sha:
+            return stored
     student = build_role(ctx, "student")
     student.module.load_state_dict(init_state)
-    extra: dict[str, Any] = {"initial_weights_sha256": init_sha}
+    extra: dict[str, Any] = {"initial_weights_sha256": init_sha, "seed": ctx.seed}
     criterion = None  # the run's hard-label loss (criterion_for the config)
+    trained = student
     if stage == "student_distill":
         teacher = build_role(ctx, "teacher")
         teacher.module.load_state_dict(teacher_record["model"])
-        outputs = teacher_outputs(teacher.module, ctx.datamodule, cfg.distill.cache_teacher,
-                                  teacher.fast_path.precision)
-        criterion = DistillationCriterion(outputs, cfg.distill.temperature, cfg.distill.alpha,
-                                          OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0))
-        extra.update({"temperature": float(cfg.distill.temperature), "alpha": float(cfg.distill.alpha),
-                      "teacher_outputs": "cached" if outputs.cached else "live",
-                      "teacher_sha256": teacher_sha})
-    summary, history = train_stage(ctx, stage, student, criterion, extra)
-    if ctx.rt.dist.is_main:
-        save_stage(ctx.run_dir, stage, student.module, summary, history, settings)
+        trained, criterion, info = distillation_setup(ctx, teacher, student)
+        extra.update({**info, "teacher_sha256": teacher_sha})
+    summary, history = train_stage(ctx, stage, trained, criterion, extra)
+    save(ctx, stage, student.module, summary, history, settings, to_store=stage == "student_baseline")
     ctx.ran.append(stage)
     return {"summary": summary, "history": history}
+
+
+def distillation_terms(cfg: DictConfig, teacher: nn.Module, student: nn.Module,
+                       example: torch.Tensor) -> list[DistillMethod]:
+    """The loss terms ``distill.method`` names for this pair; feature methods read the shapes at
+    the models' declared points from one eval-mode pass over ``example``."""
+    distill = OmegaConf.to_container(cfg.distill, resolve=True)
+    shapes: tuple[dict, dict] = ({}, {})
+    if needs_features(distill["method"]):
+        shapes = probe_shapes(teacher, example), probe_shapes(student, example)
+    return build_methods(distill, *shapes, teacher_name=f"the teacher ({type(teacher).__name__})",
+                         student_name=f"the student ({type(student).__name__})")
+
+
+def example_inputs(ctx: Context) -> torch.Tensor:
+    """Two test images (the test loader draws no random numbers), to probe feature shapes."""
+    return next(iter(ctx.datamodule.loader("test"))).inputs[:2]
+
+
+def check_methods_apply(ctx: Context) -> None:
+    """Fail before any training when a feature method cannot apply to the configured pair."""
+    if needs_features(ctx.cfg.distill.method):
+        example = example_inputs(ctx).cpu().float()
+        distillation_terms(ctx.cfg, instantiate(ctx.cfg.teacher), instantiate(ctx.cfg.student), example)
+
+
+def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedModel
+                       ) -> tuple[PreparedModel, Criterion, dict[str, Any]]:
+    """The module the engine trains (the student with the methods' connectors), its criterion,
+    and the summary fields that name the method and its settings."""
+    cfg = ctx.cfg
+    seed_everything(ctx.seed, cfg.trainer.deterministic)  # connectors: the same initial weights every run
+    was_training = student.module.training
+    methods = distillation_terms(cfg, teacher.module, student.module, example_inputs(ctx))
+    student.module.train(was_training)
+    wrapper = None
+    if DistilledStudent.needed(methods):
+        wrapper = DistilledStudent(student.module, methods).to(ctx.rt.device)
+        if student.fast_path.channels_last:
+            wrapper.methods.to(memory_format=torch.channels_last)
+    total_steps = int(cfg.trainer.epochs) * len(ctx.loader("train"))
+    for method in methods:
+        if hasattr(method, "set_total_steps"):
+            method.set_total_steps(total_steps)
+    points = sorted({t for m in methods for t, _ in m.pairs})
+    outputs = teacher_outputs(teacher.module, ctx.datamodule, cfg.distill.cache_teacher,
+                              teacher.fast_path.precision, points)
+    weight = ce_weight(OmegaConf.to_container(cfg.distill, resolve=True))
+    criterion = DistillationCriterion(outputs, methods, weight,
+                                      OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0), wrapper)
+    connector_params = wrapper.extra_params() if wrapper is not None else 0
+    info: dict[str, Any] = {
+        "method": method_label(cfg.distill.method),
+        "method_label": " + ".join(m.describe() for m in methods) + f"; CE x {weight:g}",
+        "method_settings": {m.name: {**m.settings(), "feature_layers": [f"{t}:{s}" for t, s in m.pairs]}
+                            if m.pairs else m.settings() for m in methods},
+        "ce_weight": weight,
+        "teacher_outputs": "cached" if outputs.cached else "live",
+        "connector_params": connector_params,
+        "training_params": student.info()["params"] + connector_params,
+    }
+    if "kd" in method_names(cfg.distill.method):  # the lab's KD fields, as before
+        info.update({"temperature": float(cfg.distill.kd.temperature), "alpha": float(cfg.distill.kd.alpha)})
+    trained = PreparedModel(wrapper, student.fast_path, student.device) if wrapper is not None else student
+    return trained, criterion, info
 
 
 def skip(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +373,7 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup(rt.device)
     ctx = Context(cfg, run_dir, rt, datamodule, console, wandb_group_name(cfg, run_dir))
+    check_methods_apply(ctx)
 
     teacher = run_teacher(ctx)
     init_state = fresh_student_state(ctx)
@@ -296,6 +401,10 @@ def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict
             summary[f"{stage}_{key}"] = record["summary"].get(key)
     distilled = results["student_distill"]["summary"]
     summary.update({
+        "seed": results["student_baseline"]["summary"].get("seed"),
+        "method": distilled.get("method"),
+        "method_label": distilled.get("method_label"),
+        "method_settings": distilled.get("method_settings"),
         "temperature": distilled.get("temperature"),
         "alpha": distilled.get("alpha"),
         "teacher_outputs": distilled.get("teacher_outputs"),
@@ -303,6 +412,7 @@ def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict
         "gap_closed_pct": gap_closed(results["teacher"]["summary"]["test_acc"],
                                      results["student_baseline"]["summary"]["test_acc"],
                                      distilled["test_acc"]),
+        "student_distill_training_params": distilled.get("training_params", distilled.get("params")),
         "same_initial_weights": results["student_baseline"]["summary"].get("initial_weights_sha256")
         == distilled.get("initial_weights_sha256"),
     })

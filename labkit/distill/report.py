@@ -27,6 +27,13 @@ def _fmt_gap(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def method_name(summary: dict[str, Any]) -> str:
+    """The method and its settings, e.g. ``kd (T=4, alpha=0.5); CE x 0.5``."""
+    if summary.get("method_label"):
+        return str(summary["method_label"])
+    return f"kd (T={summary['temperature']:g}, alpha={summary['alpha']:g})"  # a stage from before methods
+
+
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
     """The original lab's columns (model, test acc %, test loss, params) plus gap closed (%)."""
     teacher, baseline, distilled = (summaries[k] for k in LABELS)
@@ -37,7 +44,7 @@ def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
         s = summaries[stage]
         name = f"{label} ({s.get('model', '?')})"
         if stage == "student_distill":
-            name = f"{label} (T={s['temperature']:g}, alpha={s['alpha']:g})"
+            name = f"{label}: {method_name(s)}"
         closed = {"teacher": "", "student_baseline": "0.0", "student_distill": _fmt_gap(gap)}[stage]
         rows.append(f"| {name} | {100 * s['test_acc']:.2f} | {s['test_loss']:.4f} | "
                     f"{s['params']:,} | {closed} |")
@@ -48,8 +55,9 @@ def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     distilled, baseline = summaries["student_distill"], summaries["student_baseline"]
     same_init = baseline.get("initial_weights_sha256") == distilled.get("initial_weights_sha256")
     notes = [
-        f"- alpha weighs the soft term: loss = alpha * T^2 * KL(teacher || student at T) + "
-        f"(1 - alpha) * CE; teacher outputs: {distilled.get('teacher_outputs')}.",
+        f"- distilled student's loss: {distilled.get('ce_weight', 1 - distilled.get('alpha', 0)):g} x CE + "
+        f"the {distilled.get('method', 'kd')} term(s) (conf/distill.yaml; kd's is alpha * T^2 * "
+        f"KL(teacher || student at T)); teacher outputs: {distilled.get('teacher_outputs')}.",
         f"- both students started from the same initial weights: {'yes' if same_init else 'NO'} "
         f"(sha256 {baseline.get('initial_weights_sha256')} / {distilled.get('initial_weights_sha256')}).",
         f"- epochs: teacher {summaries['teacher'].get('epochs_completed')}, students "
@@ -57,6 +65,13 @@ def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
         f"{distilled.get('test_size', '?')}-image test set; gap closed = (distilled - baseline) / "
         f"(teacher - baseline).",
     ]
+    if distilled.get("connector_params"):
+        notes.append(f"- params: the deployed student; {distilled['connector_params']:,} connector "
+                     f"parameters trained with it ({distilled.get('training_params'):,} in training) are "
+                     "not deployed.")
+    if summaries["teacher"].get("reused_from"):
+        notes.append(f"- teacher reused from {summaries['teacher']['reused_from']} (trained by an "
+                     "earlier job).")
     if summaries["teacher"].get("status") == "loaded":
         notes.append(f"- teacher loaded from {summaries['teacher'].get('source')}, not trained here.")
     return "# Knowledge distillation\n\n" + comparison_table(summaries) + "\n\n" + "\n".join(notes) + "\n"
@@ -78,7 +93,8 @@ def plot_comparison(summaries: dict[str, dict[str, Any]], histories: dict[str, l
     curves.grid(alpha=0.3)
     curves.legend()
     accs = [100 * summaries[s]["test_acc"] for s in LABELS]
-    drawn = bars.bar(list(LABELS.values()), accs, color=["tab:blue", "tab:orange", "tab:green"])
+    names = [*list(LABELS.values())[:2], f"distilled: {summaries['student_distill'].get('method', 'kd')}"]
+    drawn = bars.bar(names, accs, color=["tab:blue", "tab:orange", "tab:green"])
     bars.bar_label(drawn, fmt="%.2f")
     low = min(accs)
     bars.set_ylim(max(0.0, low - max(2.0, 0.5 * (max(accs) - low))), min(100.0, max(accs) + 1.0))

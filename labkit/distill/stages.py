@@ -8,11 +8,12 @@ means "this stage is done"; a crash mid-stage leaves no file and the stage runs 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from labkit.errors import CheckpointError, ConfigError
@@ -37,7 +38,9 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _select(cfg: DictConfig, key: str) -> Any:
     value = OmegaConf.select(cfg, key)
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
@@ -59,15 +62,52 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
         ckpt = _select(cfg, "distill.teacher_ckpt")
         if ckpt:
             return {"teacher": _select(cfg, "teacher"), "distill.teacher_ckpt": str(ckpt), "data": data}
-        return {"teacher": _select(cfg, "teacher"), **training}
+        return {"teacher": _select(cfg, "teacher"), **training, "trainer.seed": teacher_seed(cfg),
+                "trainer.epochs": teacher_epochs(cfg)}
     settings = {"student": _select(cfg, "student"), **training}
     if stage == "student_distill":
+        from labkit.distill.methods import method_names
+
         settings.update({
             "teacher": _select(cfg, "teacher"),
-            "distill.temperature": _select(cfg, "distill.temperature"),
-            "distill.alpha": _select(cfg, "distill.alpha"),
+            "distill.method": _select(cfg, "distill.method"),
+            "distill.ce_weight": _select(cfg, "distill.ce_weight"),
+            "distill.feature_layers": _select(cfg, "distill.feature_layers"),
+            **{f"distill.{name}": _select(cfg, f"distill.{name}")
+               for name in method_names(_select(cfg, "distill.method"))},
         })
     return settings
+
+
+def teacher_seed(cfg: DictConfig) -> int:
+    """``distill.teacher_seed``, else ``trainer.seed``: the seed the teacher is trained with."""
+    seed = OmegaConf.select(cfg, "distill.teacher_seed")
+    return int(cfg.trainer.seed if seed is None else seed)
+
+
+def teacher_epochs(cfg: DictConfig) -> int:
+    """``distill.teacher_epochs``, else ``trainer.epochs``: how long the teacher trains."""
+    epochs = OmegaConf.select(cfg, "distill.teacher_epochs")
+    return int(cfg.trainer.epochs if epochs is None else epochs)
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``trainer.epochs`` set to the teacher's (schedules that interpolate it, e.g.
+    cosine's ``T_max``, follow)."""
+    if OmegaConf.select(cfg, "distill.teacher_epochs") is None:
+        return cfg
+    return OmegaConf.merge(cfg, {"trainer": {"epochs": teacher_epochs(cfg)}})
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """A short hash of a stage's settings: its file name in a ``distill.stage_store``."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stored_stage_path(store: str | Path, stage: str, settings: dict[str, Any]) -> Path:
+    """Where a stage made with ``settings`` is kept in a store shared by several jobs."""
+    return Path(store).expanduser() / f"{stage}-{settings_fingerprint(settings)}.pth"
 
 
 def stage_path(run_dir: Path, stage: str) -> Path:
@@ -75,9 +115,10 @@ def stage_path(run_dir: Path, stage: str) -> Path:
 
 
 def save_stage(run_dir: Path, stage: str, model: torch.nn.Module, summary: dict[str, Any],
-               history: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
-    """Write ``<stage>.pth`` atomically: the tested weights, summary, history and settings."""
-    path = stage_path(run_dir, stage)
+               history: list[dict[str, Any]], settings: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``<stage>.pth`` (or ``path``) atomically: the tested weights, summary, history and
+    settings."""
+    path = path or stage_path(run_dir, stage)
     save_checkpoint({
         "format": STAGE_FORMAT,
         "stage": stage,
@@ -89,9 +130,11 @@ def save_stage(run_dir: Path, stage: str, model: torch.nn.Module, summary: dict[
     return path
 
 
-def load_stage(run_dir: Path, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Read a finished stage; refuse one made with other settings (the comparison would lie)."""
-    path = stage_path(run_dir, stage)
+def load_stage(run_dir: Path, stage: str, settings: dict[str, Any],
+               path: Path | None = None) -> dict[str, Any]:
+    """Read a finished stage (``<stage>.pth`` or ``path``); refuse one made with other settings
+    (the comparison would lie)."""
+    path = path or stage_path(run_dir, stage)
     record = load_checkpoint(path, require_format=False)
     if not isinstance(record, dict) or record.get("format") != STAGE_FORMAT:
         raise CheckpointError(f"{path} is not a distillation stage file (no '{STAGE_FORMAT}' marker)")

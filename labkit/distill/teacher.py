@@ -7,13 +7,14 @@ therefore never change) under ``torch.inference_mode()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from labkit.data.loader import Batch
+from labkit.distill.methods.base import Outputs
 from labkit.engine.accel import autocast
 from labkit.errors import ConfigError
 
@@ -29,20 +30,26 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
 
 
 class LiveTeacher:
-    """Runs the teacher on the very batch the student sees (needed when inputs are augmented),
-    in the teacher's own precision whatever autocast region the student's step is in."""
+    """Runs the teacher on the very batch the student sees (needed when inputs are augmented,
+    and for feature methods: the teacher's outputs at ``points`` come from the same pass), in
+    the teacher's own precision whatever autocast region the student's step is in."""
 
     cached = False
 
-    def __init__(self, teacher: nn.Module, precision: str = "fp32") -> None:
+    def __init__(self, teacher: nn.Module, precision: str = "fp32", points: Sequence[str] = ()) -> None:
         self.teacher = freeze_teacher(teacher)
         self.precision = precision
+        self.points = sorted(set(points))
 
-    def __call__(self, batch: Batch) -> torch.Tensor:
+    def __call__(self, batch: Batch) -> Outputs:
         self.teacher.eval()
         with torch.inference_mode(), autocast(batch.inputs.device, self.precision):
-            logits = self.teacher(batch.inputs)
-        return logits.float().clone()  # a normal fp32 tensor, usable by autograd outside inference mode
+            if self.points:
+                logits, features = self.teacher.forward_with_features(batch.inputs, self.points)
+            else:
+                logits, features = self.teacher(batch.inputs), {}
+        # normal fp32 tensors (clones made outside inference mode), usable next to autograd
+        return Outputs(logits.float().clone(), {k: v.float().clone() for k, v in features.items()})
 
 
 class CachedTeacher:
@@ -73,8 +80,8 @@ class CachedTeacher:
             raise RuntimeError("the teacher cache loader did not visit every training sample")
         self.logits = cache.clone()  # a normal tensor, outside inference mode
 
-    def __call__(self, batch: Batch) -> torch.Tensor:
-        return self.logits[batch.index]
+    def __call__(self, batch: Batch) -> Outputs:
+        return Outputs(self.logits[batch.index])
 
 
 def use_teacher_cache(setting: Any, augmented: bool) -> bool:
@@ -91,12 +98,16 @@ def use_teacher_cache(setting: Any, augmented: bool) -> bool:
     return bool(setting)
 
 
-def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any,
-                    precision: str = "fp32") -> CachedTeacher | LiveTeacher:
+def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any, precision: str = "fp32",
+                    points: Sequence[str] = ()) -> CachedTeacher | LiveTeacher:
     """The provider ``distill.cache_teacher`` asks for, for the training split of ``datamodule``;
-    the teacher runs in ``precision`` (its fast path's)."""
+    the teacher runs in ``precision`` (its fast path's). Feature ``points`` need the live teacher."""
     augmented = getattr(datamodule, "augment", None) is not None
-    if use_teacher_cache(setting, augmented):
+    if points and setting is True:
+        raise ConfigError("distill.cache_teacher=true is invalid with a feature method: FitNet, AT and "
+                          "RKD compare the teacher's intermediate features, so the teacher runs live on "
+                          "each batch; use auto or false")
+    if use_teacher_cache(setting, augmented) and not points:
         num_samples = datamodule.split_size("train")
         log.info("caching teacher logits for %d training samples", num_samples)
         loader = datamodule.loader("train")
@@ -104,4 +115,4 @@ def teacher_outputs(teacher: nn.Module, datamodule: Any, setting: Any,
         loader.shuffle, loader.drop_last = False, False
         return CachedTeacher(teacher, loader, num_samples, precision)
     log.info("running the teacher live on every training batch")
-    return LiveTeacher(teacher, precision)
+    return LiveTeacher(teacher, precision, points)

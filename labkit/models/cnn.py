@@ -129,6 +129,33 @@ class PooledConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- declared feature points (distillation reads them by name; no hooks, no surgery) -------
+    def stage_ends(self) -> list[int]:
+        """Index in ``blocks`` of each stage's last block (here every block ends a stage)."""
+        return list(range(len(self.blocks)))
+
+    def feature_points(self) -> list[str]:
+        """The names :meth:`forward_with_features` accepts: ``stem``, ``stage1``.. (each stage's
+        output map) and ``pre_logits`` (the pooled vector the head reads)."""
+        return ["stem", *(f"stage{i + 1}" for i in range(len(self.stage_ends()))), "pre_logits"]
+
+    def forward_with_features(self, x: torch.Tensor, points: Sequence[str]
+                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits, and the outputs at the named feature points (computed in the same pass)."""
+        wanted, features = set(points), {}
+        x = self.stem(x)
+        if "stem" in wanted:
+            features["stem"] = x
+        ends = {block: f"stage{i + 1}" for i, block in enumerate(self.stage_ends())}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if ends.get(i) in wanted:
+                features[ends[i]] = x
+        pooled = self.forward_head(x, pre_logits=True)
+        if "pre_logits" in wanted:
+            features["pre_logits"] = pooled
+        return self.head(pooled), features
+
 
 BLOCKS: dict[str, type[_ResidualBlock]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -200,6 +227,10 @@ class FlexibleCNN(PooledConvNet):
         if zero_init_residual and residual:
             for b in self.blocks:
                 b.zero_init_last()
+
+    def stage_ends(self) -> list[int]:
+        """Index in ``blocks`` of the last block of each of the four stages."""
+        return [sum(self.layers[: stage + 1]) - 1 for stage in range(len(self.layers))]
 
     @property
     def stage_of_block(self) -> list[int]:

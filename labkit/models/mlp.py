@@ -93,3 +93,21 @@ class FlexibleMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+    def feature_points(self) -> list[str]:
+        """The names :meth:`forward_with_features` accepts: ``block1``.. (each hidden block's
+        output vector) and ``pre_logits`` (the last block's, which the head reads)."""
+        return [*(f"block{i + 1}" for i in range(len(self.blocks))), "pre_logits"]
+
+    def forward_with_features(self, x: torch.Tensor, points: Sequence[str]
+                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logits, and the outputs at the named feature points (computed in the same pass)."""
+        wanted, features = set(points), {}
+        x = self.flatten(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if f"block{i + 1}" in wanted:
+                features[f"block{i + 1}"] = x
+        if "pre_logits" in wanted:
+            features["pre_logits"] = x
+        return self.head(x), features

@@ -48,11 +48,14 @@ def _grads(args: argparse.Namespace) -> int:
 
 def _distill(args: argparse.Namespace) -> int:
     from labkit.distill.aggregate import find_job_summaries, seeds_table
+    from labkit.distill.compare import methods_table
 
     summaries = find_job_summaries(args.dirs)
     if not summaries:
         raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
-    print(seeds_table(summaries))
+    methods = {s.get("method_label") or s.get("method") for s in summaries}
+    # a methods study: each method against the baseline, paired by seed; else mean and spread
+    print(methods_table(summaries) if len(methods) > 1 else seeds_table(summaries))
     return 0
 
 

@@ -1,0 +1,64 @@
+"""AT (Zagoruyko & Komodakis 2017, "Paying More Attention to Attention"): match the students'
+spatial attention maps (channel mean of squared activations, L2-normalised) to the teacher's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from labkit.distill.methods.base import DistillMethod, Outputs, Pairs, Shapes, check_number
+from labkit.distill.methods.points import stage_points
+from labkit.errors import ConfigError
+
+
+def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, h*w]``: mean over channels of ``A^2``, average-pooled to
+    ``size`` when given (the larger of two maps is pooled to the smaller's size), L2-normalised
+    per sample. The channel count drops out, so teacher and student may differ in width."""
+    energy = features.float().pow(2).mean(dim=1, keepdim=True)
+    if size is not None and tuple(energy.shape[-2:]) != tuple(size):
+        energy = F.adaptive_avg_pool2d(energy, size)
+    return F.normalize(energy.flatten(1), dim=1)
+
+
+def at_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:
+    """``1/2 * sum_j mean((Q_s^j - Q_t^j)^2)`` over the compared points, Q the normalised maps
+    (the authors' code: mean over samples and positions, beta/2 outside)."""
+    total = student_maps[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student_maps, teacher_maps, strict=True):
+        size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
+        total = total + (attention_map(s, size) - attention_map(t.detach(), size)).pow(2).mean()
+    return total / 2
+
+
+class AT(DistillMethod):
+    name = "at"
+    uses_features = True
+
+    def __init__(self, pairs: Pairs, teacher_shapes: Shapes, student_shapes: Shapes,
+                 student_name: str = "student", weight: float = 1000.0) -> None:
+        super().__init__()
+        self.weight = check_number(self.name, "weight", weight)
+        self.pairs = list(pairs)
+        for t_point, s_point in self.pairs:
+            for point, shape, who in ((t_point, teacher_shapes[t_point], "the teacher"),
+                                      (s_point, student_shapes[s_point], student_name)):
+                if len(shape) != 3:
+                    raise ConfigError(f"distill.method=at cannot apply: {who}'s {point} is a vector "
+                                      f"{list(shape)}, not a feature map [C, H, W]; attention transfer "
+                                      f"needs spatial maps (use a CNN, or fitnet / rkd)")
+
+    @staticmethod
+    def default_layers(teacher_shapes: Shapes, student_shapes: Shapes) -> list[str]:
+        """Every stage the two models share (the paper compares each group's output)."""
+        return [p for p in stage_points(student_shapes) if p in teacher_shapes]
+
+    def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        s_maps = [student.features[s] for _, s in self.pairs]
+        t_maps = [teacher.features[t] for t, _ in self.pairs]
+        return self.weight * at_loss(s_maps, t_maps)
+
+    def settings(self) -> dict[str, Any]:
+        return {"weight": self.weight}
