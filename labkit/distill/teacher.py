@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.config.schema import CACHE_TEACHER
 from labkit.data.loader import Batch
 from labkit.engine.accel import autocast
 from labkit.errors import ConfigError
@@ -79,7 +80,7 @@ class CachedTeacher:
 
 def use_teacher_cache(setting: Any, augmented: bool) -> bool:
     """Resolve ``distill.cache_teacher`` (auto | true | false) against the data's augmentation."""
-    if not (setting == "auto" or isinstance(setting, bool)):
+    if not any(type(setting) is type(c) and setting == c for c in CACHE_TEACHER):
         raise ConfigError(f"distill.cache_teacher={setting!r} is invalid: expected auto, true or false")
     if setting == "auto":
         return not augmented
