@@ -213,6 +213,10 @@ Rule = Callable[[Mapping[str, Any], str], None]
 class Node(Field):
     """A mapping with known keys, each a :class:`Field` (absent keys keep their code default).
 
+    Keys are checked in the order of ``fields``: list a key before those that interpolate it
+    (``trainer`` before ``scheduler``, whose ``T_max`` is ``${trainer.epochs}``), so the error
+    names the key the user set.
+
     ``rules`` check keys against each other (``rule(node, path)`` raises :class:`ConfigError`).
     """
 
@@ -232,10 +236,11 @@ class Node(Field):
         if value is None:
             return
         for name, item in value.items():
-            path = f"{key}.{name}" if key else str(name)
             if name not in self.fields:
-                raise unknown_key(path, item, list(self.fields), key)
-            self.fields[name].check(item, path)
+                raise unknown_key(f"{key}.{name}" if key else str(name), item, list(self.fields), key)
+        for name, item_field in self.fields.items():  # in the schema's order: sources first
+            if name in value:
+                item_field.check(value[name], f"{key}.{name}" if key else name)
         for rule in self.rules:
             rule(value, key)
 

@@ -250,11 +250,12 @@ _ROOT = {
     "residual": Bool(),
     "norm": Bool(),
 }
-_RUN = {"data": DATA, "optimizer": OPTIMIZER, "scheduler": SCHEDULER, "trainer": TRAINER,
-        "logger": LOGGER, "paths": PATHS}
+# in the order of checking: what others interpolate (paths, trainer.epochs, data shapes) first
+_RUN = {"paths": PATHS, "trainer": TRAINER, "data": DATA, "optimizer": OPTIMIZER, "scheduler": SCHEDULER,
+        "logger": LOGGER}
 ENTRY_POINTS: dict[str, Node] = {
-    "train": Node({**_ROOT, "model": MODEL, **_RUN, "analysis": ANALYSIS}),
-    "distill": Node({**_ROOT, "teacher": MODEL, "student": MODEL, **_RUN, "distill": DISTILL}),
+    "train": Node({**_ROOT, **_RUN, "model": MODEL, "analysis": ANALYSIS}),
+    "distill": Node({**_ROOT, **_RUN, "teacher": MODEL, "student": MODEL, "distill": DISTILL}),
     "eval": Node({
         "task_name": Text(),
         "ckpt_path": CHECKPOINT,
