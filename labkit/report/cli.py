@@ -18,9 +18,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", help="a multirun directory (its job folders are read) or a run directory")
     parser.add_argument("-o", "--out", help="where to write the report files (default: the folder itself)")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
+    parser.add_argument("--compare", action="append", default=[], metavar="KEY",
+                        help="compare the values of a swept KEY (e.g. model.residual) paired over seeds, "
+                             "each against the first (false for a flag); swept flags are always compared")
     args = parser.parse_args(argv)
     try:
-        build_report(args.folder, args.out, figures=not args.no_figures)
+        build_report(args.folder, args.out, figures=not args.no_figures, compare=args.compare)
     except LabkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
