@@ -8,6 +8,7 @@ what keeps 60 cases fast; a few run as real subprocesses to show the two paths a
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 import labkit.cli
+from labkit.config.schema import ENTRY_POINTS
 from labkit.config.validate import validate_config
 from labkit.errors import ConfigError
 from labkit.run import divergence
@@ -177,6 +179,14 @@ def test_a_real_subprocess_prints_the_same_line(entry, overrides, tmp_path, ckpt
     result = run_cli(f"{entry}.py", *args)
     code, err = run_in_process(entry, args, monkeypatch, capsys)
     assert (result.returncode, result.stderr.strip()) == (code, err.strip()) == (2, err.strip())
+
+
+def test_every_entry_point_has_a_schema():
+    """A new ``@hydra.main`` script gets its keys checked only once schema.py knows its config."""
+    names = {m.group(1) for script in ROOT.glob("*.py")
+             for m in re.finditer(r'config_name="(\w+)"', script.read_text())}
+    assert names >= {"train", "distill", "eval"}
+    assert names <= set(ENTRY_POINTS), names - set(ENTRY_POINTS)
 
 
 def test_documented_root_switches_and_defaults_pass(cfg_factory):

@@ -9,6 +9,7 @@ both into one line and exit status 2.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
 import tempfile
@@ -17,6 +18,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
 
 
 def check_writable(folder: Path) -> str | None:
@@ -54,9 +57,14 @@ class ConfigCheck(Callback):
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        from labkit.config.schema import ENTRY_POINTS
         from labkit.config.validate import validate_config
         from labkit.errors import ConfigError
 
+        if config_name not in ENTRY_POINTS:  # tests/test_config_errors.py asks every script for one
+            log.warning("no schema for %s.yaml in labkit/config/schema.py: its keys are not checked",
+                        config_name)
+            return
         cfg = copy.deepcopy(config)
         with open_dict(cfg):  # paths.output_dir reads ${hydra:runtime.output_dir}, set later by Hydra
             cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.run.dir).expanduser().absolute())

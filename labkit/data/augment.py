@@ -18,8 +18,7 @@ from labkit.config.fields import Bool, Int, Node
 from labkit.data.loader import Augment
 
 #: the keys of a data config's ``augment`` node (null: no augmentation), read by the config schema
-AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True,
-               what="null or a mapping")
+AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True)
 
 
 class CropFlip:
