@@ -63,7 +63,7 @@ def compose_sweep(config_name: str, sweep: str) -> OmegaConf:
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
-def test_every_sweep_file_composes_into_a_multirun(path):
+def test_every_sweep_file_composes_into_a_multirun(path, tmp_path):
     config_name = "distill" if path.stem.startswith("distill") else "train"
     cfg = compose_sweep(config_name, path.stem)
     assert cfg.hydra.mode.name == "MULTIRUN"  # runs as a sweep without -m
@@ -76,8 +76,9 @@ def test_every_sweep_file_composes_into_a_multirun(path):
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"{key} is not a config key"
     with open_dict(cfg):
         del cfg["hydra"]
-    if config_name == "train":
-        validate_config(OmegaConf.merge(cfg, {"trainer": {"device": "cpu"}}))
+    # outside a Hydra job paths.output_dir (${hydra:runtime.output_dir}) has no value: give it one
+    runnable = {"trainer": {"device": "cpu"}, "paths": {"output_dir": str(tmp_path)}}
+    validate_config(OmegaConf.merge(cfg, runnable), config_name)
 
 
 def test_slurm_launcher_preset_composes():

@@ -71,37 +71,40 @@ def partial(fields: dict[str, Field], rules=()) -> Node:
     return target(Node({"_partial_": Choice([True]), **fields}, rules=rules))
 
 
-# --- model ---------------------------------------------------------------------------------
-_MODEL_COMMON = {
-    "num_classes": Int(min=2),
-    "norm": Bool(),
-    "activation": Choice(ACTIVATIONS),
-}
+# --- model (keys in the YAML files' order) ---------------------------------------------------
+CLASSES = Int(min=2)
+ACTIVATION = Choice(ACTIVATIONS)
 MODELS = {
     "labkit.models.FlexibleMLP": target(Node({
-        **_MODEL_COMMON,
         "input_shape": List(Int(min=1), length=3),
+        "num_classes": CLASSES,
         "depth": Int(min=1),
         "width": Int(min=1),
         "residual": Bool(),
+        "norm": Bool(),
         "norm_type": Choice(NORMS_1D),
+        "activation": ACTIVATION,
         "dropout": FRACTION,
     })),
     "labkit.models.FlexibleCNN": target(Node({
-        **_MODEL_COMMON,
         "in_channels": Int(min=1),
+        "num_classes": CLASSES,
         "layers": List(Int(min=1), length=4),
         "block": Choice(BLOCKS),
         "width": Int(min=1),
         "residual": Bool(),
+        "norm": Bool(),
+        "activation": ACTIVATION,
         "stem_stride": Int(min=1),
         "zero_init_residual": Bool(),
     })),
     "labkit.models.ConvPoolNet": target(Node({
-        **_MODEL_COMMON,
         "in_channels": Int(min=1),
+        "num_classes": CLASSES,
         "widths": List(Int(min=1), min_len=1),
         "stem_width": Int(min=1),
+        "norm": Bool(),
+        "activation": ACTIVATION,
     })),
 }
 MODEL = Variants(MODELS)
