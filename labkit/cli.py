@@ -36,7 +36,7 @@ def record_failed_job(run_dir: Path, exc: BaseException) -> dict[str, Any]:
             summary = json.loads(path.read_text())
         except json.JSONDecodeError:
             summary = {}
-    if summary.get("status") in (None, "completed"):
+    if summary.get("status") in (None, "completed", "diverged"):
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,29 @@ from rich.console import Console
 from rich.table import Table
 
 from labkit.analysis.confusion import confusion_matrix, per_class_accuracy, plot_confusion
+from labkit.config.validate import validate_config
 from labkit.engine import load_checkpoint
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import CheckpointError
 from labkit.run import Runtime, build_engine, build_model
 from labkit.tracking import write_json
 
+log = logging.getLogger(__name__)
+
+
+def eval_device(cfg: DictConfig) -> str:
+    """``trainer.device`` (the name every entry point uses); the old root ``device`` still wins
+    when set, with a warning."""
+    old = OmegaConf.select(cfg, "device", default=None)
+    if old is not None:
+        log.warning("eval.py: device=%s is the old name; use trainer.device=%s", old, old)
+        return str(old)
+    return str(OmegaConf.select(cfg, "trainer.device", default="auto"))
+
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Test loss / accuracy, per-class accuracy and confusion matrix of ``cfg.ckpt_path``."""
+    validate_config(cfg, "eval")
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     state = load_checkpoint(ckpt_path)
     if "config" not in state:
@@ -31,7 +46,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         if value is not None:
             run_cfg.data[key] = value
     # the run's own trainer settings (precision, fast path), on this command's device
-    rt = Runtime.from_config(run_cfg.trainer, device=cfg.device, single_process=True)
+    rt = Runtime.from_config(run_cfg.trainer, device=eval_device(cfg), single_process=True)
     datamodule = instantiate(run_cfg.data)
     datamodule.setup(rt.device)
     prepared = build_model(run_cfg.model, rt)

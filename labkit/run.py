@@ -9,6 +9,7 @@ rest mean the same in every command, and every run reports the same ``precision`
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,14 @@ from labkit.models import describe_model
 from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker
 
 log = logging.getLogger(__name__)
+
+#: trainer.test_on: the weights the final test uses
+TEST_ON = ("best", "last")
+#: scheduler.interval: how often the engine steps the learning-rate schedule
+SCHEDULER_INTERVALS = ("epoch", "step")
+#: a run whose last training loss is this many times its starting loss has diverged (a finite
+#: blow-up, e.g. optimizer.lr=1e9: 2.7e30), even though no NaN stopped it
+DIVERGED_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -194,15 +203,40 @@ def build_trackers(
     return TrackerGroup(trackers)
 
 
-def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on: str) -> dict[str, Any]:
-    """Fit, put back the weights to test (``best`` or ``last``), test: the summary's core fields."""
+def divergence(history: list[dict[str, Any]], num_classes: int | None = None) -> str | None:
+    """Why the run counts as diverged, or None.
+
+    The start is the loss of an untrained classifier, ln(``num_classes``) (uniform predictions),
+    or the first epoch's mean when the class count is unknown; the end is the last epoch's mean.
+    """
+    if not history:
+        return None
+    final = history[-1].get("train_loss")
+    start = math.log(num_classes) if num_classes and num_classes > 1 else history[0].get("train_loss")
+    if not isinstance(final, int | float) or not isinstance(start, int | float) or start <= 0:
+        return None
+    if math.isfinite(final) and final > DIVERGED_FACTOR * start:
+        return (f"the training loss ended at {final:.4g}, more than {DIVERGED_FACTOR:g}x "
+                f"where it started ({start:.4g}); lower optimizer.lr or set trainer.grad_clip")
+    return None
+
+
+def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on: str,
+                 num_classes: int | None = None) -> dict[str, Any]:
+    """Fit, put back the weights to test (``best`` or ``last``), test: the summary's core fields.
+
+    ``status`` is ``completed``, or ``diverged`` (with a ``warning``) when :func:`divergence` says
+    so: a finite blow-up must not read as a finished experiment.
+    """
     start = time.perf_counter()
     engine.fit(train_loader, val_loader)
     if test_on == "best":
         engine.load_best()
     test = engine.evaluate(test_loader)
+    diverged = divergence(engine.history, num_classes)
     return {
-        "status": "completed",
+        "status": "diverged" if diverged else "completed",
+        **({"warning": diverged} if diverged else {}),
         "test_acc": test["acc"],
         "test_loss": test["loss"],
         "best_val_acc": engine.best_val_acc,

@@ -41,14 +41,14 @@ def finished_summary(run_dir: Path, state: dict[str, Any], epochs: int) -> dict[
     summary_path = run_dir / "summary.json"
     if state.get("partial_epoch") is None and state["epoch"] >= epochs and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "completed":
+        if summary.get("status") in ("completed", "diverged"):
             return summary
     return None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model as configured; returns the summary (also in summary.json)."""
-    validate_config(cfg)
+    validate_config(cfg, "train")
     run_dir = Path(cfg.paths.output_dir)
     rt = Runtime.from_config(cfg.trainer)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
@@ -99,9 +99,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     status = "failed"
     try:
         summary = {**fit_and_test(engine, train_loader, val_loader, datamodule.loader("test", **shard),
-                                  cfg.trainer.test_on), **info}
+                                  cfg.trainer.test_on, datamodule.num_classes), **info}
         trackers.log_summary(summary)
-        status = "completed"
+        status = summary["status"]
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, RunInterrupted | KeyboardInterrupt) else "failed"
         trackers.log_summary({

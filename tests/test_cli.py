@@ -103,12 +103,6 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert "train-images-idx3-ubyte" in lines[-1]
 
 
-def test_bad_value_exits_2_with_the_key(tmp_path):
-    result = run_cli("train.py", "model.depth=0", f"paths.log_dir={tmp_path}", "logger=none")
-    assert result.returncode == 2
-    assert "model.depth=0" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_wandb_offline_run_is_written_and_finished(data_root, tmp_path):
     result = run_cli("train.py", *tiny(data_root, tmp_path)[:-1], "logger=wandb",
                      "trainer.epochs=1", env={"WANDB_MODE": "offline"})

@@ -123,7 +123,8 @@ def test_seeds_are_averaged_and_lists_are_categories(tmp_path):
     positions, series = accuracy_series(jobs, "model.layers")
     assert positions == layers and len(series) == 1
     assert series[0].means == pytest.approx([85.0, 105.0])
-    assert series[0].stds == pytest.approx([7.0711, 7.0711], abs=1e-3)
+    # error bars: the 95 % CI half-width, t(0.975, 1) = 12.706 x sd 7.0711 / sqrt(2)
+    assert series[0].errors == pytest.approx([63.53, 63.53], abs=0.01)
 
 
 def test_single_run_directory(tmp_path):

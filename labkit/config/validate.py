@@ -1,89 +1,80 @@
-"""Check a composed config before any data or model is built.
+"""Check a composed config against its entry point's schema before any data or model is built.
 
-Each rule names its key, the value found and what is allowed, so a typo costs one line of
-output and exit status 2 instead of a stack trace minutes into a run.
+Every key must be declared in :mod:`labkit.config.schema` and hold an allowed value; the first
+that does not stops the run with one line naming the key, the value and what is allowed
+(exit status 2). Called by the Hydra callback :class:`~labkit.config.hydra_callbacks.ConfigCheck`
+before Hydra writes anything into the run folder, and again by each task (multirun jobs, tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import tempfile
+from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from labkit.config.schema import ENTRY_POINTS
 from labkit.engine.device import resolve_device
 from labkit.errors import ConfigError
 
-_MISSING = object()
+#: root keys that belong to Hydra or the defaults list, not to the task
+IGNORED_ROOT_KEYS = ("hydra",)
 
 
-def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    def check(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-    return check, f"an integer >= {low}"
-
-
-def _positive_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-
-
-def _four_block_counts(v: Any) -> bool:
-    """FlexibleCNN's ``layers``: exactly one positive block count per stage."""
-    counts = list(v) if isinstance(v, ListConfig | list | tuple) else None
-    return counts is not None and len(counts) == 4 and all(_int_at_least(1)[0](n) for n in counts)
+def entry_of(cfg: DictConfig) -> str:
+    """Which entry point a config belongs to when the caller does not say: distill.py configs have
+    a teacher, eval.py configs a ``ckpt_path`` and no model."""
+    if "teacher" in cfg or "distill" in cfg:
+        return "distill"
+    if "ckpt_path" in cfg and "model" not in cfg:
+        return "eval"
+    return "train"
 
 
-# key -> (predicate, description of the allowed values); absent keys are skipped.
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "trainer.epochs": _int_at_least(1),
-    "trainer.seed": _int_at_least(0),
-    "trainer.log_every_n_steps": _int_at_least(1),
-    "trainer.precision": (lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
-    "trainer.compile": (lambda v: isinstance(v, bool), "true or false"),
-    "trainer.test_on": (lambda v: v in ("best", "last"), "best or last"),
-    "trainer.label_smoothing": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                                and 0 <= v < 1, "a number in [0, 1)"),
-    "trainer.eval_flip": (lambda v: isinstance(v, bool), "true or false"),
-    "scheduler.interval": (lambda v: v in ("epoch", "step"), "epoch or step"),
-    "data.batch_size": _int_at_least(1),
-    "data.eval_batch_size": _int_at_least(1),
-    "data.val_size": _int_at_least(0),
-    "data.train_size": (lambda v: v is None or _int_at_least(1)[0](v), "null or an integer >= 1"),
-    "data.num_classes": _int_at_least(2),
-    "data.in_channels": _int_at_least(1),
-    "data.image_size": _int_at_least(1),
-    "data.n_train": _int_at_least(1),
-    "data.n_test": _int_at_least(1),
-    "data.augment.crop_padding": _int_at_least(0),
-    "data.augment.flip": (lambda v: isinstance(v, bool), "true or false"),
-    "model.layers": (_four_block_counts, "a list of 4 integers >= 1, e.g. [2,2,2,2]"),
-    "model.block": (lambda v: v in ("basic", "bottleneck"), "basic or bottleneck"),
-    "model.stem_stride": _int_at_least(1),
-    "model.stem_width": _int_at_least(1),
-    "model.widths": (lambda v: isinstance(v, ListConfig | list | tuple) and len(v) > 0
-                     and all(_int_at_least(1)[0](w) for w in v), "a non-empty list of integers >= 1"),
-    "model.depth": _int_at_least(1),
-    "model.width": _int_at_least(1),
-    "model.dropout": (lambda v: isinstance(v, int | float) and 0 <= v < 1, "a number in [0, 1)"),
-    "model.residual": (lambda v: isinstance(v, bool), "true or false"),
-    "model.norm": (lambda v: isinstance(v, bool), "true or false"),
-    "optimizer.lr": (_positive_number, "a number > 0"),
-    "analysis.grad_norms": (lambda v: isinstance(v, bool), "true or false"),
-    "analysis.probe_size": _int_at_least(1),
-    "analysis.wandb_watch": (lambda v: isinstance(v, bool), "true or false"),
-    "analysis.watch_log_freq": _int_at_least(1),
-}
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain Python with every interpolation resolved (``???`` left as it is)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{key + ': ' if key else ''}cannot resolve the config: {first}") from None
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` on the first value outside its allowed range."""
-    for key, (check, allowed) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is _MISSING:
-            continue
-        if not check(value):
-            raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
-    device = OmegaConf.select(cfg, "trainer.device", default=None)
-    if device is not None:
-        resolve_device(device)
+def writable_folder_problem(folder: Path) -> str | None:
+    """None when ``folder`` exists or could be made, and files can be written there; else why.
+
+    Creates nothing: the test file goes into the nearest folder that already exists.
+    """
+    folder = folder.expanduser().absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".labkit-write-test-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def validate_config(cfg: DictConfig, entry: str | None = None) -> None:
+    """Raise :class:`ConfigError` on the first key that is unknown or holds a disallowed value.
+
+    ``entry``: ``train``, ``distill`` or ``eval`` (default: guessed by :func:`entry_of`).
+    Also checks that the device exists here and that ``paths.output_dir`` can be written.
+    """
+    entry = entry if entry in ENTRY_POINTS else entry_of(cfg)
+    values = {k: v for k, v in resolved(cfg).items() if k not in IGNORED_ROOT_KEYS}
+    ENTRY_POINTS[entry].check(values, "")
+    for key in ("trainer.device", "device"):
+        device = OmegaConf.select(cfg, key, default=None)
+        if device is not None:
+            resolve_device(device)
+    output_dir = values.get("paths", {}).get("output_dir")
+    if output_dir:
+        problem = writable_folder_problem(Path(output_dir))
+        if problem:
+            raise ConfigError(f"paths.output_dir={output_dir!r} is invalid: expected a folder that "
+                              f"can be written ({problem})")

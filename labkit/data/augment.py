@@ -14,8 +14,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from labkit.config.fields import Bool, Int, Node
 from labkit.data.loader import Augment
-from labkit.errors import ConfigError
+
+#: the keys of a data config's ``augment`` node (null: no augmentation), read by the config schema
+AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True)
 
 
 class CropFlip:
@@ -24,11 +27,7 @@ class CropFlip:
     recipe (``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``)."""
 
     def __init__(self, crop_padding: int = 0, flip: bool = False) -> None:
-        if not isinstance(crop_padding, int) or isinstance(crop_padding, bool) or crop_padding < 0:
-            raise ConfigError(f"data.augment.crop_padding={crop_padding!r} is invalid: expected an "
-                              f"integer >= 0")
-        if not isinstance(flip, bool):
-            raise ConfigError(f"data.augment.flip={flip!r} is invalid: expected true or false")
+        AUGMENT.check({"crop_padding": crop_padding, "flip": flip}, "data.augment")
         self.crop_padding = crop_padding
         self.flip = flip
 
@@ -70,11 +69,6 @@ def build_augment(spec: Augment | Mapping[str, Any] | None) -> Augment | None:
         return None
     if callable(spec):
         return spec
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"data.augment={spec!r} is invalid: expected null or "
-                          f"{{crop_padding: int, flip: bool}}")
-    unknown = set(spec) - {"crop_padding", "flip"}
-    if unknown:
-        raise ConfigError(f"data.augment has unknown keys {sorted(unknown)}; known: crop_padding, flip")
+    AUGMENT.check(dict(spec) if isinstance(spec, Mapping) else spec, "data.augment")
     augment = CropFlip(**dict(spec))
     return augment if augment.active else None

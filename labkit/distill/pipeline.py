@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
-from labkit.config.validate import RULES, validate_config
+from labkit.config.validate import validate_config
 from labkit.distill.criterion import DistillationCriterion, DistilledStudent
 from labkit.distill.methods import (
     DistillMethod,
@@ -55,18 +55,11 @@ log = logging.getLogger(__name__)
 
 
 def validate_distill_config(cfg: DictConfig) -> None:
-    """The shared rules, the model rules applied to ``teacher`` and ``student``, and ``distill.*``."""
-    validate_config(cfg)
+    """The distill.py schema (``teacher`` and ``student`` are model configs, ``distill.*``)."""
     for role in ("teacher", "student"):
         if OmegaConf.select(cfg, role) is None:
             raise ConfigError(f"{role} is missing: choose a model config with model@{role}=NAME")
-        for key, (check, allowed) in RULES.items():
-            if not key.startswith("model."):
-                continue
-            role_key = f"{role}.{key.removeprefix('model.')}"
-            value = OmegaConf.select(cfg, role_key, default=None)
-            if value is not None and not check(value):
-                raise ConfigError(f"{role_key}={value!r} is invalid: expected {allowed}")
+    validate_config(cfg, "distill")
     distill = OmegaConf.to_container(cfg.distill, resolve=True)
     ce_weight(distill)
     if not needs_features(distill["method"]):
@@ -157,10 +150,10 @@ def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion: Crite
     trackers.start(OmegaConf.to_container(cfg, resolve=True), info)
     status = "failed"
     try:
-        summary = {**fit_and_test(engine, train_loader, _val_loader(ctx),
-                                  ctx.loader("test"), cfg.trainer.test_on), **info}
+        summary = {**fit_and_test(engine, train_loader, _val_loader(ctx), ctx.loader("test"),
+                                  cfg.trainer.test_on, ctx.datamodule.num_classes), **info}
         trackers.log_summary(summary)
-        status = "completed"
+        status = summary["status"]
     finally:
         trackers.finish(status)
     return summary, engine.history
@@ -395,7 +388,10 @@ def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict
     """The job's summary.json: each stage's headline figures, prefixed by the stage name."""
     from labkit.distill.report import gap_closed
 
-    summary: dict[str, Any] = {"status": "completed", "stages_run": list(ran)}
+    diverged = [stage for stage, record in results.items() if record["summary"].get("status") == "diverged"]
+    summary: dict[str, Any] = {"status": "diverged" if diverged else "completed", "stages_run": list(ran)}
+    if diverged:
+        summary["warning"] = f"the training loss diverged in {', '.join(diverged)}"
     for stage, record in results.items():
         for key in ("test_acc", "test_loss", "best_val_acc", "params", "train_time_s"):
             summary[f"{stage}_{key}"] = record["summary"].get(key)

@@ -18,6 +18,9 @@ from labkit.distill.methods.base import Outputs
 from labkit.engine.accel import autocast
 from labkit.errors import ConfigError
 
+#: distill.cache_teacher: decided by the augmentation (auto), or forced on / off
+CACHE_TEACHER = ("auto", True, False)
+
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +89,7 @@ class CachedTeacher:
 
 def use_teacher_cache(setting: Any, augmented: bool) -> bool:
     """Resolve ``distill.cache_teacher`` (auto | true | false) against the data's augmentation."""
-    if not (setting == "auto" or isinstance(setting, bool)):
+    if not any(type(setting) is type(c) and setting == c for c in CACHE_TEACHER):
         raise ConfigError(f"distill.cache_teacher={setting!r} is invalid: expected auto, true or false")
     if setting == "auto":
         return not augmented

@@ -66,6 +66,10 @@ def join_process_group() -> None:
                      "hydra/hydra_logging=disabled"]
 
 
+#: trainer.strategy: one process, or DistributedDataParallel under torchrun
+STRATEGIES = ("auto", "ddp")
+
+
 def context(strategy: str) -> DistContext:
     """The context for ``trainer.strategy``: ddp needs torchrun, auto stays single-process."""
     if strategy == "auto":
@@ -73,8 +77,8 @@ def context(strategy: str) -> DistContext:
             raise ConfigError("this process was started by torchrun with several ranks but "
                               "trainer.strategy=auto; pass trainer.strategy=ddp")
         return DistContext()
-    if strategy != "ddp":
-        raise ConfigError(f"trainer.strategy={strategy!r} is invalid: expected auto or ddp")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"trainer.strategy={strategy!r} is invalid: expected {' or '.join(STRATEGIES)}")
     if not (dist.is_available() and dist.is_initialized()):
         raise ConfigError("trainer.strategy=ddp needs a launcher: run "
                           "`torchrun --nproc_per_node=N train.py trainer.strategy=ddp ...`")

@@ -21,7 +21,7 @@ from labkit.report.jobs import ReportError, load_jobs
 def _jobs(args: argparse.Namespace) -> int:
     from labkit.report.report import build_report
 
-    build_report(args.folder, args.out, figures=not args.no_figures)
+    build_report(args.folder, args.out, figures=not args.no_figures, compare=args.compare)
     return 0
 
 
@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("folder", help="a multirun directory (its job folders are read) or a run directory")
     jobs.add_argument("-o", "--out", help="where to write the report files (default: the folder itself)")
     jobs.add_argument("--no-figures", action="store_true", help="tables only")
+    jobs.add_argument("--compare", action="append", default=[], metavar="KEY",
+                      help="compare the values of a swept KEY (e.g. model.residual) paired over seeds, "
+                           "each against the first (false for a flag); swept flags are always compared")
     jobs.set_defaults(run=_jobs)
     grads = commands.add_parser("grads", help="compare the per-block gradient norms of several runs")
     grads.add_argument("runs", nargs="+", type=Path, help="run directories or multirun directories")

@@ -12,6 +12,7 @@ from typing import Any
 from labkit.analysis.figures import pyplot, save_figure
 from labkit.analysis.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
+from labkit.report.stats import RESULT_STATES, estimate, is_replicate_key
 from labkit.report.table import accuracy_key, format_value, swept_keys
 
 
@@ -28,18 +29,13 @@ def job_label(job: Job, keys: Sequence[str]) -> str:
     return ", ".join(parts) or f"job {job.name}"
 
 
-def is_replicate_key(key: str) -> bool:
-    """Seeds are repetitions, not a factor: the figures average over them."""
-    return key.split(".")[-1].endswith("seed")
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _finished(jobs: Sequence[Job]) -> list[Job]:
     key = accuracy_key(jobs)
-    return [j for j in jobs if j.status == "completed" and _is_number(j.summary.get(key))]
+    return [j for j in jobs if j.status in RESULT_STATES and _is_number(j.summary.get(key))]
 
 
 def x_axis_keys(jobs: Sequence[Job]) -> list[str]:
@@ -61,18 +57,19 @@ def _file_part(key: str) -> str:
 
 @dataclass
 class Series:
-    """One line of an accuracy figure: x values with the mean and spread of the accuracy (%)."""
+    """One line of an accuracy figure: x values with the mean accuracy (%) over seeds and the
+    half-width of its 95 % confidence interval (0 for a single seed)."""
 
     label: str
     xs: list[Any]
     means: list[float]
-    stds: list[float]
+    errors: list[float]
 
 
 def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Series]]:
     """The x positions and one series per combination of the other swept values (e.g.
-    residual x norm); swept seeds are averaged. Non-numeric values (lists, names) are categories
-    in the sweep's order."""
+    residual x norm); swept seeds are averaged, with their 95 % CI. Non-numeric values (lists,
+    names) are categories in the sweep's order."""
     done = [j for j in _finished(jobs) if key in j.overrides]
     y_key = accuracy_key(jobs)
     keys = swept_keys(jobs)
@@ -90,8 +87,8 @@ def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Seri
     series = []
     for label, by_x in groups.items():
         xs = [x for x in positions if x in by_x]
-        series.append(Series(label, xs, [sum(by_x[x]) / len(by_x[x]) for x in xs],
-                             [_std(by_x[x]) for x in xs]))
+        estimates = [estimate(by_x[x]) for x in xs]
+        series.append(Series(label, xs, [e.mean for e in estimates], [e.half_width for e in estimates]))
     return positions, series
 
 
@@ -103,8 +100,8 @@ def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for line in series:
         plot_x = line.xs if numeric else [positions.index(x) for x in line.xs]
-        if any(s > 0 for s in line.stds):
-            ax.errorbar(plot_x, line.means, yerr=line.stds, marker="o", capsize=3, label=line.label)
+        if any(e > 0 for e in line.errors):
+            ax.errorbar(plot_x, line.means, yerr=line.errors, marker="o", capsize=3, label=line.label)
         else:
             ax.plot(plot_x, line.means, marker="o", label=line.label)
     if numeric and min(positions) > 0 and max(positions) / min(positions) >= 8:
@@ -119,20 +116,13 @@ def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
     name = str(accuracy_key(jobs)).replace("_acc", " accuracy").replace("_", " ")
     title = f"{name} vs {key}"
     if replicates:
-        title += f" (mean ± std over {', '.join(replicates)})"
+        title += f"\n(mean and 95 % CI over {', '.join(replicates)})"
     ax.set_title(title)
     ax.set_xlabel(key)
     ax.set_ylabel(f"{name} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title=", ".join(short_names(others).values()) or None, title_fontsize=8)
     return save_figure(fig, out)
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def plot_learning_curves(jobs: Sequence[Job], out: Path) -> Path | None:

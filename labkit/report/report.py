@@ -13,9 +13,10 @@ from rich.console import Console
 
 from labkit.report.figures import job_label, make_figures
 from labkit.report.jobs import Job, load_jobs
+from labkit.report.stats import Uncertainty, uncertainty
 from labkit.report.table import common_overrides, markdown_table, rich_table, swept_keys, write_csv
 
-STATUS_ORDER = ("completed", "failed", "interrupted", "running", "stopped")
+STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "running", "stopped")
 
 
 @dataclass
@@ -57,7 +58,8 @@ def search_result(folder: Path) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def markdown(folder: Path, jobs: list[Job], figures: list[Path]) -> str:
+def markdown(folder: Path, jobs: list[Job], figures: list[Path],
+             spread: Uncertainty | None = None) -> str:
     lines = [f"# Report: {folder.name}", "", f"`{folder}`: {status_line(jobs)}.", ""]
     command = launch_command(folder)
     if command:
@@ -67,12 +69,14 @@ def markdown(folder: Path, jobs: list[Job], figures: list[Path]) -> str:
         lines += ["Same in every job: " + ", ".join(f"`{item}`" for item in fixed), ""]
     lines += [markdown_table(jobs), "",
               "Accuracies in %, time in seconds (training and test). `report.csv` has the raw values.", ""]
+    lines += spread.markdown() if spread else []
     failed = [job for job in jobs if job.status not in ("completed", "running")]
     if failed:
-        lines += ["## Jobs that did not complete", ""]
+        lines += ["## Jobs that did not complete or diverged", ""]
         keys = swept_keys(jobs)
         for job in failed:
-            error = " ".join(str(job.summary.get("error") or "no summary.json (killed?)").split())
+            error = " ".join(str(job.summary.get("error") or job.summary.get("warning")
+                                 or "no summary.json (killed?)").split())
             lines.append(f"- job {job.name} ({job_label(job, keys)}): {job.status}: {error}")
         lines.append("")
     best = search_result(folder)
@@ -87,19 +91,22 @@ def markdown(folder: Path, jobs: list[Job], figures: list[Path]) -> str:
 
 
 def build_report(folder: str | Path, out: str | Path | None = None, figures: bool = True,
-                 console: Console | None = None) -> Report:
+                 console: Console | None = None, compare: tuple[str, ...] | list[str] = ()) -> Report:
     """Read every job under ``folder``, print the table and write the report files into ``out``
-    (default: ``folder`` itself)."""
+    (default: ``folder`` itself). ``compare``: keys whose values are compared paired over seeds
+    (swept flags always are)."""
     folder = Path(folder).resolve()
     out = Path(out) if out else folder
-    out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(folder)
+    spread = uncertainty(jobs, compare)
+    out.mkdir(parents=True, exist_ok=True)
     drawn = make_figures(jobs, out) if figures else []
     md_path = out / "report.md"
-    md_path.write_text(markdown(folder, jobs, drawn))
+    md_path.write_text(markdown(folder, jobs, drawn, spread))
     csv_path = write_csv(jobs, out / "report.csv")
     if console is None:
         console = Console() if Console().is_terminal else Console(width=200)
     console.print(rich_table(jobs, title=f"{folder.name}: {status_line(jobs)}"))
+    spread.print(console)
     console.print(f"report: {md_path}  table: {csv_path}  figures: {len(drawn)}", highlight=False)
     return Report(folder, jobs, drawn, md_path, csv_path)

@@ -151,7 +151,7 @@ def display_table(jobs: Sequence[Job]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-STATUS_STYLE = {"completed": "green", "failed": "bold red", "interrupted": "yellow",
+STATUS_STYLE = {"completed": "green", "diverged": "bold red", "failed": "bold red", "interrupted": "yellow",
                 "running": "cyan", "stopped": "yellow"}
 
 

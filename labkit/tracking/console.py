@@ -90,9 +90,11 @@ class ConsoleTracker(Tracker):
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in summary.items():
-            if isinstance(value, int | float | str) and not isinstance(value, bool):
+            if key != "warning" and isinstance(value, int | float | str) and not isinstance(value, bool):
                 table.add_row(key, _fmt(value))
         self.console.print(table)
+        if summary.get("status") == "diverged":
+            self.console.print(f"[bold red]diverged:[/] {summary.get('warning', '')}", highlight=False)
 
     def finish(self, status):
         self._stop()
