@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from labkit.config.validate import validate_config
 from labkit.engine import load_checkpoint
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import CheckpointError
-from labkit.run import Runtime, build_engine, build_model
+from labkit.run import PreparedModel, Runtime, build_engine, build_model
 from labkit.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -34,24 +35,89 @@ def eval_device(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "trainer.device", default="auto"))
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Test loss / accuracy, per-class accuracy and confusion matrix of ``cfg.ckpt_path``."""
-    validate_config(cfg, "eval")
-    ckpt_path = Path(cfg.ckpt_path).expanduser()
+#: wrappers whose state dicts prefix every key: DistributedDataParallel and torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+#: the model node of a distillation stage's checkpoint (its config has teacher/student, no model)
+STAGE_ROLES = {"teacher": "teacher", "student_baseline": "student", "student_distill": "student"}
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict of the plain model: ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``)
+    dropped from the front of every key that carries them, in any nesting.
+
+    labkit's own checkpoints hold the plain model's keys (compile runs in place, the engine saves
+    the module inside DDP), but a state dict saved from a wrapper elsewhere carries the prefixes.
+    """
+    def plain(key: str) -> str:
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+
+    return {plain(k): v for k, v in state_dict.items()}
+
+
+@dataclass
+class RebuiltRun:
+    """A checkpoint with what it takes to rebuild its model and data: the run's own config (with
+    this command's ``data`` overrides), the model node it was built from, and the runtime."""
+
+    path: Path
+    state: dict[str, Any]
+    config: DictConfig
+    role: str
+    rt: Runtime
+
+    @property
+    def model_node(self) -> DictConfig:
+        return self.config[self.role]
+
+    def datamodule(self):
+        """The run's data module, set up on this command's device."""
+        datamodule = instantiate(self.config.data)
+        datamodule.setup(self.rt.device)
+        return datamodule
+
+    def model(self, rt: Runtime | None = None) -> PreparedModel:
+        """The model, built as the run built it (on ``rt``, default the run's runtime), with the
+        checkpoint's weights (wrapper prefixes stripped)."""
+        prepared = build_model(self.model_node, rt or self.rt, self.role)
+        load_model_weights(prepared.module, strip_wrapper_prefixes(self.state["model"]), self.path)
+        return prepared
+
+
+def rebuild_run(ckpt_path: str | Path, data: DictConfig | dict[str, Any] | None = None,
+                device: str | None = None, role: str | None = None) -> RebuiltRun:
+    """Load ``ckpt_path`` (a ``train.py`` checkpoint or a distillation stage's) and its config.
+
+    ``data``: keys that replace the run's ``data`` values when not None (``data.root=DIR``);
+    ``device``: this command's device (the run's trainer settings otherwise, single process);
+    ``role``: the model node to build (default ``model``, or the distillation stage's role).
+    """
+    ckpt_path = Path(ckpt_path).expanduser()
     state = load_checkpoint(ckpt_path)
     if "config" not in state:
         raise CheckpointError(f"checkpoint {ckpt_path} carries no config to rebuild the model from")
     run_cfg = OmegaConf.create(state["config"])
-    for key, value in cfg.data.items():
+    for key, value in (data or {}).items():
         if value is not None:
             run_cfg.data[key] = value
+    role = role or ("model" if "model" in run_cfg else STAGE_ROLES.get(str(state.get("stage")), ""))
+    if role not in run_cfg:
+        raise CheckpointError(f"checkpoint {ckpt_path} has no model config (no 'model', and no "
+                              f"distillation stage to say whether it is the teacher or the student)")
     # the run's own trainer settings (precision, fast path), on this command's device
-    rt = Runtime.from_config(run_cfg.trainer, device=eval_device(cfg), single_process=True)
-    datamodule = instantiate(run_cfg.data)
-    datamodule.setup(rt.device)
-    prepared = build_model(run_cfg.model, rt)
-    load_model_weights(prepared.module, state["model"], ckpt_path)
+    rt = Runtime.from_config(run_cfg.trainer, device=device, single_process=True)
+    return RebuiltRun(ckpt_path, state, run_cfg, role, rt)
 
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Test loss / accuracy, per-class accuracy and confusion matrix of ``cfg.ckpt_path``."""
+    validate_config(cfg, "eval")
+    run = rebuild_run(cfg.ckpt_path, cfg.data, eval_device(cfg))
+    ckpt_path, state, run_cfg, rt = run.path, run.state, run.config, run.rt
+    datamodule = run.datamodule()
+    prepared = run.model()
     engine = build_engine(run_cfg, prepared, rt, train=False)
     test = engine.evaluate(datamodule.loader("test"))
     prepared.module.eval()

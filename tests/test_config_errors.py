@@ -1,5 +1,5 @@
 """Every bad override is one line, exit status 2, no traceback, nothing written: one table for
-all entry points (train.py, distill.py, eval.py).
+all entry points (train.py, distill.py, eval.py, explain.py).
 
 The entry points run in this process (their Hydra main with a patched ``sys.argv``), which is
 what keeps 60 cases fast; a few run as real subprocesses to show the two paths agree.
@@ -121,6 +121,16 @@ CASES = [
     ("eval", [f"ckpt_path={CKPT}", "data.eval_batch_size=0"], "data.eval_batch_size=0"),
     ("eval", [f"ckpt_path={CKPT}", "+residul=true"], "residul=true is not a known key"),
     ("eval", [f"ckpt_path={CKPT}", "paths.output_dir=/proc/x"], "paths.output_dir='/proc/x'"),
+    # explain.py
+    ("explain", [], "ckpt_path is missing"),
+    ("explain", [f"ckpt_path={CKPT}", "explain.method=lime"],
+     "explain.method='lime' is invalid: expected cam or gradcam"),
+    ("explain", [f"ckpt_path={CKPT}", "explain.target=both"], "explain.target='both' is invalid"),
+    ("explain", [f"ckpt_path={CKPT}", "explain.baseline=white"], "explain.baseline='white' is invalid"),
+    ("explain", [f"ckpt_path={CKPT}", "explain.steps=1"],
+     "explain.steps=1 is invalid: expected an integer >= 2"),
+    ("explain", [f"ckpt_path={CKPT}", "+explain.stpes=5"], "did you mean explain.steps?"),
+    ("explain", [f"ckpt_path={CKPT}", "trainer.device=tpu"], "trainer.device='tpu' is invalid"),
 ]
 assert len(CASES) >= 40
 
@@ -192,7 +202,7 @@ def test_every_entry_point_has_a_schema():
     """A new ``@hydra.main`` script gets its keys checked only once schema.py knows its config."""
     names = {m.group(1) for script in ROOT.glob("*.py")
              for m in re.finditer(r'config_name="(\w+)"', script.read_text())}
-    assert names >= {"train", "distill", "eval"}
+    assert names >= {"train", "distill", "eval", "explain"}
     assert names <= set(ENTRY_POINTS), names - set(ENTRY_POINTS)
 
 

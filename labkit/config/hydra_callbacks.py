@@ -12,7 +12,6 @@ import copy
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,12 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 
-def check_writable(folder: Path) -> str | None:
-    """None when files can be created in ``folder`` (made if needed), else the reason."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".labkit-write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 class OutputDirCheck(Callback):
     def _check(self, target: str, key: str) -> None:
         parent = Path(target).expanduser().parent
-        reason = check_writable(parent)
+        from labkit.config.validate import writable_folder_problem
+
+        reason = writable_folder_problem(parent)
         if reason is not None:
             print(f"error: cannot write the output folder {parent} ({reason}); choose another with "
                   f"paths.log_dir=DIR or {key}=DIR", file=sys.stderr)

@@ -40,6 +40,9 @@ from labkit.distill.teacher import CACHE_TEACHER
 from labkit.engine.accel import PRECISIONS
 from labkit.engine.device import DEVICE_CHOICES
 from labkit.engine.distributed import STRATEGIES
+from labkit.explain.faithfulness import BASELINES
+from labkit.explain.methods import METHODS as EXPLAIN_METHODS
+from labkit.explain.methods import TARGETS
 from labkit.models.cnn import BLOCKS
 from labkit.models.layers import ACTIVATIONS, NORMS_1D
 from labkit.run import SCHEDULER_INTERVALS, TEST_ON
@@ -297,5 +300,30 @@ ENTRY_POINTS: dict[str, Node] = {
         "data": Node({"root": Text(null=True, what="a path"), "download": Bool(null=True),
                       "eval_batch_size": Int(min=1, null=True)}),
         "paths": PATHS,
+    }),
+    "explain": Node({
+        "task_name": Text(),
+        # one checkpoint, a run folder, or a list of them (what each is, the command checks)
+        "ckpt_path": Custom(test=lambda v: (isinstance(v, str) and bool(v)) or (
+            isinstance(v, list | tuple) and len(v) > 0 and all(isinstance(p, str) and p for p in v)),
+            what="a checkpoint or run folder, or a list of them"),
+        "trainer": Node({"device": DEVICE}),
+        "data": Node({"root": Text(null=True, what="a path"), "download": Bool(null=True),
+                      "eval_batch_size": Int(min=1, null=True)}),
+        "paths": PATHS,
+        "explain": Node({
+            "method": Choice(EXPLAIN_METHODS),
+            "layer": Custom(test=lambda v: (isinstance(v, str) and bool(v)) or (
+                isinstance(v, int) and not isinstance(v, bool)),
+                what="last, stem, blocks.<i>, an index or a module name"),
+            "target": Choice(TARGETS),
+            "per_class": Int(min=1),
+            "side_by_side": Int(min=1),
+            "pool": Int(min=1),
+            "steps": Int(min=2),
+            "baseline": Choice(tuple(BASELINES)),
+            "seed": Int(min=0),
+            "labels": List(Text(), min_len=1, null=True),
+        }),
     }),
 }

@@ -24,9 +24,11 @@ IGNORED_ROOT_KEYS = ("hydra",)
 
 def entry_of(cfg: DictConfig) -> str:
     """Which entry point a config belongs to when the caller does not say: distill.py configs have
-    a teacher, eval.py configs a ``ckpt_path`` and no model."""
+    a teacher, explain.py configs an ``explain`` node, eval.py configs a ``ckpt_path`` and no model."""
     if "teacher" in cfg or "distill" in cfg:
         return "distill"
+    if "explain" in cfg:
+        return "explain"
     if "ckpt_path" in cfg and "model" not in cfg:
         return "eval"
     return "train"
