@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import labkit.distill.pipeline as pipeline
-from labkit.distill.compare import methods_table, paired_interval
+from labkit.distill.compare import methods_table
 from labkit.distill.methods import METHODS, Outputs, build_methods, ce_weight, method_names
 from labkit.distill.methods.at import at_loss
 from labkit.distill.methods.dist import dist_loss
@@ -376,4 +376,5 @@ def test_methods_table_pairs_by_seed_with_a_t_interval():
     assert f"| kd | 3 | 90.33 ± 0.58 | +1.33 | [{4 / 3 - half:+.2f}, {4 / 3 + half:+.2f}] | 3 of 3 |" in table
     assert "| at | 3 | 88.67 ± 0.58 | -0.33 |" in table
     assert "| baseline (hard labels) | 3 | 89.00 ± 1.00 |" in table
-    assert paired_interval([1.0]) is None
+    one_seed = methods_table([job(0, "kd", 0.90, 0.91)])
+    assert "| kd | 1 | 91.00 ± 0.00 | +1.00 | n/a (1 seed) | 1 of 1 |" in one_seed

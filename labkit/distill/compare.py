@@ -9,7 +9,6 @@ method its mean gets a Student-t interval ``mean +- t(0.975, n - 1) * sd / sqrt(
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from scipy import stats
+
+from labkit.report.stats import estimate
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,6 @@ def _method(job: dict[str, Any]) -> str:
     if job.get("method_label"):
         return str(job["method_label"])
     return f"kd (T={job.get('temperature', 0):g}, alpha={job.get('alpha', 0):g})"
-
-
-def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float] | None:
-    """Mean of the paired differences and its two-sided ``level`` t interval (None for n < 2)."""
-    n = len(diffs)
-    if n < 2:
-        return None
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -60,8 +50,8 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     for label, members in ordered:
         accs = [100 * j["student_distill_test_acc"] for j in members]
         diffs = [100 * (j["student_distill_test_acc"] - j["student_baseline_test_acc"]) for j in members]
-        interval = paired_interval(diffs)
-        ci = f"[{interval[1]:+.2f}, {interval[2]:+.2f}]" if interval else "n/a (1 seed)"
+        interval = estimate(diffs)  # one job's difference is paired: same seed, same start
+        ci = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval.low is not None else "n/a (1 seed)"
         wins = sum(d > 0 for d in diffs)
         rows.append(f"| {label} | {len(members)} | {_mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
                     f"{ci} | {wins} of {len(members)} |")
