@@ -13,7 +13,7 @@ import atexit
 import os
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import torch
 import torch.distributed as dist
@@ -102,8 +102,18 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def leave_process_group() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave together: a rank that tears down its gloo connections while a peer is still using
+    them can abort that peer ("terminate called without an active exception", seen once in the
+    torchrun resume test), so gloo ranks meet first, for at most a minute (a rank that failed
+    alone must not wait forever)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except RuntimeError:
+            pass  # a peer has gone or failed: leave anyway
+    dist.destroy_process_group()
 
 
 def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
