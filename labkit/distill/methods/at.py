@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.distill.methods.base import DistillMethod, Outputs, Pairs, Shapes, check_number
-from labkit.distill.methods.points import stage_points
+from labkit.distill.methods.points import shared_stages
 from labkit.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ class AT(DistillMethod):
     @staticmethod
     def default_layers(teacher_shapes: Shapes, student_shapes: Shapes) -> list[str]:
         """Every stage the two models share (the paper compares each group's output)."""
-        return [p for p in stage_points(student_shapes) if p in teacher_shapes]
+        return shared_stages(teacher_shapes, student_shapes)
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> torch.Tensor:
         s_maps = [student.features[s] for _, s in self.pairs]

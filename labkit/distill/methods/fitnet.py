@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.distill.methods.base import DistillMethod, Outputs, Pairs, Shapes, check_number
-from labkit.distill.methods.points import stage_points
+from labkit.distill.methods.points import shared_stages
 from labkit.errors import ConfigError
 
 
@@ -68,7 +68,7 @@ class FitNet(DistillMethod):
     @staticmethod
     def default_layers(teacher_shapes: Shapes, student_shapes: Shapes) -> list[str]:
         """The middle stage the two models share (the paper's hint is a middle layer)."""
-        shared = [p for p in stage_points(student_shapes) if p in teacher_shapes]
+        shared = shared_stages(teacher_shapes, student_shapes)
         return [shared[(len(shared) - 1) // 2]] if shared else []
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,9 @@ def probe_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int
     return {name: tuple(value.shape[1:]) for name, value in features.items()}
 
 
-def stage_points(shapes: Shapes) -> list[str]:
-    return [name for name in shapes if name.startswith(("stage", "block"))]
+def shared_stages(teacher: Shapes, student: Shapes) -> list[str]:
+    """The stages (CNN ``stage<i>``, MLP ``block<i>``) both models declare, in the student's order."""
+    return [name for name in student if name.startswith(("stage", "block")) and name in teacher]
 
 
 def resolve_pairs(method: str, requested: Sequence[str] | None, default: Sequence[str],
