@@ -14,15 +14,16 @@ from torch import nn
 
 import labkit.distill.pipeline as pipeline
 from labkit.data import MNISTFamily
+from labkit.data.loader import Batch
 from labkit.distill import (
     CachedTeacher,
     DistillationCriterion,
     DistilledStudent,
     LiveTeacher,
-    kd_loss,
     teacher_outputs,
 )
 from labkit.distill.aggregate import seeds_table
+from labkit.distill.methods import Outputs, build_methods, ce_weight
 from labkit.distill.methods.kd import KD
 from labkit.distill.report import gap_closed
 from labkit.distill.teacher import use_teacher_cache
@@ -36,6 +37,14 @@ STAGES = ("teacher", "student_baseline", "student_distill")
 
 
 # -- the loss ------------------------------------------------------------------------------------
+def kd_loss(s, t, y, T, alpha):
+    """The one KD implementation (methods/kd.py) as the pipeline assembles it: the criterion with
+    ``ce_weight: auto`` (1 - alpha) times CE plus the KD term."""
+    distill = {"method": "kd", "kd": {"temperature": T, "alpha": alpha}, "ce_weight": "auto"}
+    criterion = DistillationCriterion(lambda batch: Outputs(t), build_methods(distill), ce_weight(distill))
+    return criterion(s, Batch(s, y, torch.arange(len(y))))
+
+
 def reference_kd_loss(s, t, y, T, alpha):
     """Hinton et al.'s loss written out in float64, sample by sample."""
     s, t = s.double(), t.double()
@@ -88,7 +97,7 @@ def test_teacher_logits_carry_no_gradient():
 
 @pytest.mark.parametrize("T,alpha", [(0.0, 0.5), (-1.0, 0.5), (2.0, -0.1), (2.0, 1.5), (True, 0.5)])
 def test_bad_temperature_or_alpha_is_a_config_error(T, alpha):
-    with pytest.raises(ConfigError, match="distill.(temperature|alpha)"):
+    with pytest.raises(ConfigError, match="distill.kd.(temperature|alpha)"):
         kd_loss(torch.randn(2, 3), torch.randn(2, 3), torch.zeros(2).long(), T, alpha)
 
 

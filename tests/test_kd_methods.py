@@ -14,6 +14,7 @@ import torch
 
 import labkit.distill.pipeline as pipeline
 from labkit.distill.compare import methods_table
+from labkit.distill.criterion import DistillationCriterion
 from labkit.distill.methods import METHODS, Outputs, build_methods, ce_weight, method_names
 from labkit.distill.methods.at import at_loss
 from labkit.distill.methods.dist import dist_loss
@@ -78,8 +79,9 @@ def huber64(x):
 
 def ref_rkd(s, t, wd, wa):
     """Park et al. 2019, eq. (4)-(7): distances over pairs i != j normalised by their mean, cosines
-    of the angle at e_j over distinct triplets, Huber (delta 1) between teacher and student,
-    averaged over pairs / triplets."""
+    of the angle at e_j over distinct triplets, Huber (delta 1) between teacher and student; the
+    sums divided by n^2 and n^3 as the reference code's means over whole matrices do (the other
+    entries are equal for both models)."""
     s, t = s.double().reshape(len(s), -1).tolist(), t.double().reshape(len(t), -1).tolist()
     n = len(s)
 
@@ -95,26 +97,27 @@ def ref_rkd(s, t, wd, wa):
     pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
     mu_s = sum(dist(s, i, j) for i, j in pairs) / len(pairs)
     mu_t = sum(dist(t, i, j) for i, j in pairs) / len(pairs)
-    distance = sum(huber64(dist(s, i, j) / mu_s - dist(t, i, j) / mu_t) for i, j in pairs) / len(pairs)
+    distance = sum(huber64(dist(s, i, j) / mu_s - dist(t, i, j) / mu_t) for i, j in pairs) / n**2
     triplets = list(itertools.permutations(range(n), 3))
-    angle = sum(huber64(cos(s, i, j, k) - cos(t, i, j, k)) for i, j, k in triplets) / len(triplets)
+    angle = sum(huber64(cos(s, i, j, k) - cos(t, i, j, k)) for i, j, k in triplets) / n**3
     return wd * distance + wa * angle
 
 
 def ref_attention(a, size):
-    """Zagoruyko & Komodakis 2017: F(A) = mean_c A_c^2 (p = 2), average-pooled to ``size`` in
-    equal blocks, vectorised and divided by its L2 norm; one sample ``a`` = [C, H, W]."""
+    """Zagoruyko & Komodakis 2017: the features average-pooled to ``size`` in equal blocks
+    (before squaring, as the reference code pools), then F(A) = mean_c A_c^2 (p = 2), vectorised
+    and divided by its L2 norm; one sample ``a`` = [C, H, W]."""
     c, h, w = a.shape
-    energy = [[sum(float(a[k, i, j]) ** 2 for k in range(c)) / c for j in range(w)] for i in range(h)]
     bh, bw = h // size[0], w // size[1]
-    pooled = [sum(energy[i * bh + di][j * bw + dj] for di in range(bh) for dj in range(bw)) / (bh * bw)
-              for i in range(size[0]) for j in range(size[1])]
-    norm = math.sqrt(sum(v * v for v in pooled))
-    return [v / norm for v in pooled]
+    pooled = [[[sum(float(a[k, i * bh + di, j * bw + dj]) for di in range(bh) for dj in range(bw)) / (bh * bw)
+                for j in range(size[1])] for i in range(size[0])] for k in range(c)]
+    energy = [sum(pooled[k][i][j] ** 2 for k in range(c)) / c for i in range(size[0]) for j in range(size[1])]
+    norm = math.sqrt(sum(v * v for v in energy))
+    return [v / norm for v in energy]
 
 
 def ref_at(student_maps, teacher_maps):
-    """beta/2 * sum_j mean over samples and positions of (Q_s - Q_t)^2, without beta."""
+    """sum_j mean over samples and positions of (Q_s - Q_t)^2, without beta (and no 1/2)."""
     total = 0.0
     for s, t in zip(student_maps, teacher_maps, strict=True):
         size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
@@ -122,7 +125,7 @@ def ref_at(student_maps, teacher_maps):
               for a, b in zip(ref_attention(s[n].double(), size), ref_attention(t[n].double(), size),
                               strict=True)]
         total += sum(sq) / len(sq)
-    return total / 2
+    return total
 
 
 # -- each loss against its reference --------------------------------------------------------------
@@ -222,13 +225,25 @@ def test_method_defaults_pair_the_papers_points():
 
 
 # -- shape mismatches, as the papers handle them -------------------------------------------------------
-@pytest.mark.parametrize("student,teacher", [((4, 8, 8), (16, 4, 4)), ((4, 4, 4), (16, 8, 8)),
-                                             ((4, 4, 4), (16, 4, 4)), ((12,), (40,))])
-def test_connector_maps_the_student_shape_onto_the_teachers(student, teacher):
+@pytest.mark.parametrize("student,teacher,conv", [
+    ((4, 8, 8), (16, 4, 4), (torch.nn.Conv2d, (3, 3), (2, 2))),            # student 2x: 3x3 stride 2
+    ((4, 4, 4), (16, 8, 8), (torch.nn.ConvTranspose2d, (4, 4), (2, 2))),   # student half: transposed
+    ((4, 6, 6), (16, 4, 4), (torch.nn.Conv2d, (3, 3), (1, 1))),            # larger: kernel 1 + h_s - h_t
+    ((4, 4, 4), (16, 4, 4), (torch.nn.Conv2d, (1, 1), (1, 1))),
+    ((4, 2, 2), (16, 8, 8), (torch.nn.Conv2d, (1, 1), (1, 1))),            # 4x smaller: 1x1 + upsampling
+    ((12,), (40,), (torch.nn.Linear, None, None))])
+def test_connector_maps_the_student_shape_onto_the_teachers(student, teacher, conv):
+    """The references' ConvReg (RepDistiller models/util.py:131-154): conv -> BN -> ReLU."""
     connector = Connector(student, teacher)
-    assert tuple(connector(rand(2, *student, seed=21)).shape[1:]) == teacher
-    if len(student) == 3 and student[1] > teacher[1]:  # Romero et al.: kernel 1 + h_s - h_t
-        assert connector.proj[0].kernel_size == (5, 5)
+    out = connector(rand(2, *student, seed=21))
+    assert tuple(out.shape[1:]) == teacher
+    assert (out >= 0).all() and (out > 0).any()  # post-ReLU, as the teacher's stage outputs
+    first = connector.proj[0]
+    assert type(first) is conv[0] and isinstance(connector.proj[-1], torch.nn.ReLU)
+    if conv[1] is not None:
+        assert (first.kernel_size, first.stride) == (conv[1], conv[2])
+    plain = Connector(student, teacher, relu=False)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in plain.modules())
 
 
 def test_connector_params_train_with_the_student_but_are_not_deployed(data_root, tmp_path):
@@ -309,16 +324,20 @@ def test_models_declare_their_feature_points(model, stages):
     assert features["pre_logits"].shape == (2, stages[-1][0])
 
 
-def test_dkd_warms_up_linearly_and_counts_only_training_steps():
+def test_dkd_warms_up_linearly_and_its_position_survives_a_checkpoint():
     dkd = DKD(warmup=0.5)
     dkd.set_total_steps(8)  # full weight from step 4
     s, t, y = outputs({}, 50, False), outputs({}, 60, False), torch.arange(6)
     full = dkd_loss(s.logits, t.logits, y, 1.0, 8.0, 4.0).item()
-    got = [dkd(s, t, y).item() for _ in range(5)]
-    assert got == pytest.approx([full / 4, full / 2, 3 * full / 4, full, full], rel=1e-5)
-    dkd.eval()
-    dkd(s, t, y)
-    assert int(dkd.steps_done) == 5
+    got = [dkd(s, t, y).item() for _ in range(3)]
+    assert got == pytest.approx([full / 4, full / 2, 3 * full / 4], rel=1e-5)
+    # the engine's checkpoint holds the criterion's state: a resumed run continues the ramp
+    state = DistillationCriterion(lambda batch: t, [dkd], 1.0).state_dict()
+    assert state == {"dkd": {"steps_done": 3}}
+    resumed = DKD(warmup=0.5)
+    resumed.set_total_steps(8)
+    DistillationCriterion(lambda batch: t, [resumed], 1.0).load_state_dict(state)
+    assert [resumed(s, t, y).item() for _ in range(2)] == pytest.approx([full, full], rel=1e-5)
 
 
 def test_feature_method_run_uses_the_live_teacher_on_a_cnn(data_root, tmp_path):

@@ -145,8 +145,8 @@ def data_node(fields: dict[str, Field]) -> Node:
 DATASETS = {
     "labkit.data.MNISTFamily": data_node({"folder": Text(), "root": PATH, "download": Bool()}),
     "labkit.data.CIFAR": data_node({"variant": Choice(LAYOUTS), "root": PATH, "download": Bool()}),
-    "labkit.data.ImageFolder": data_node({"path": PATH, "cache_dir": Text(null=True, what="a path"),
-                                          "resize": Bool()}),
+    "labkit.data.ImageFolder": data_node({"path": PATH, "root": PATH,
+                                          "cache_dir": Text(null=True, what="a path"), "resize": Bool()}),
     "labkit.data.SyntheticImages": data_node({"n_train": Int(min=1), "n_test": Int(min=1),
                                               "noise": NON_NEGATIVE, "seed": Int(min=0), "root": PATH}),
 }
@@ -262,9 +262,9 @@ DISTILL = Node({
     "feature_layers": FEATURE_LAYERS,
     # each method's own node (conf/distill.yaml cites the papers behind the defaults)
     "kd": Node({"temperature": POSITIVE, "alpha": Number(min=0, max=1)}),
-    "fitnet": Node({"weight": NON_NEGATIVE, "feature_layers": FEATURE_LAYERS}),
+    "fitnet": Node({"weight": NON_NEGATIVE, "connector_relu": Bool(), "feature_layers": FEATURE_LAYERS}),
     "at": Node({"weight": NON_NEGATIVE, "feature_layers": FEATURE_LAYERS}),
-    "rkd": Node({"distance_weight": NON_NEGATIVE, "angle_weight": NON_NEGATIVE,
+    "rkd": Node({"distance_weight": NON_NEGATIVE, "angle_weight": NON_NEGATIVE, "relation_batch": Int(min=3),
                  "feature_layers": FEATURE_LAYERS}),
     "dkd": Node({"alpha": NON_NEGATIVE, "beta": NON_NEGATIVE, "temperature": POSITIVE,
                  "warmup": Number(min=0, max=1)}),

@@ -4,11 +4,10 @@ three-stage pipeline."""
 from typing import Any
 
 from labkit.distill.criterion import DistillationCriterion, DistilledStudent
-from labkit.distill.loss import check_kd_params, kd_loss
 from labkit.distill.teacher import CachedTeacher, LiveTeacher, teacher_outputs
 
-__all__ = ["CachedTeacher", "DistillationCriterion", "DistilledStudent", "LiveTeacher", "check_kd_params",
-           "distill", "kd_loss", "teacher_outputs"]
+__all__ = ["CachedTeacher", "DistillationCriterion", "DistilledStudent", "LiveTeacher",
+           "distill", "teacher_outputs"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ criterion ``ce_weight * CE + sum of the methods' terms`` the engine calls after 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,3 +68,12 @@ class DistillationCriterion:
         if self.student is not None:
             self.student.features = {}  # do not keep the graph's activations alive
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The methods' training progress, saved in the engine's checkpoint."""
+        return {m.name: m.progress() for m in self.methods if m.progress()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for method in self.methods:
+            if method.name in state:
+                method.restore_progress(state[method.name])

@@ -338,6 +338,7 @@ class Engine:
             "rng": capture_rng_state(),
             "loader": loader() if loader is not None else None,
             "partial_epoch": self._partial,
+            "criterion": self.criterion.state_dict() if hasattr(self.criterion, "state_dict") else None,
             **self.extra_state,
         }
 
@@ -351,6 +352,8 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("criterion") and hasattr(self.criterion, "load_state_dict"):
+            self.criterion.load_state_dict(state["criterion"])  # e.g. a loss term's warm-up position
         self.epoch = int(state["epoch"])
         self.best_val_acc = float(state["best_val_acc"])
         self.best_epoch = int(state["best_epoch"])

@@ -13,24 +13,30 @@ from labkit.distill.methods.points import shared_stages
 from labkit.errors import ConfigError
 
 
-def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """``[N, C, H, W]`` -> ``[N, h*w]``: mean over channels of ``A^2``, average-pooled to
-    ``size`` when given (the larger of two maps is pooled to the smaller's size), L2-normalised
-    per sample. The channel count drops out, so teacher and student may differ in width."""
-    energy = features.float().pow(2).mean(dim=1, keepdim=True)
-    if size is not None and tuple(energy.shape[-2:]) != tuple(size):
-        energy = F.adaptive_avg_pool2d(energy, size)
-    return F.normalize(energy.flatten(1), dim=1)
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, H*W]``: mean over channels of ``A^2``, L2-normalised per sample.
+    The channel count drops out, so teacher and student may differ in width. As
+    attention-transfer ``utils.py:19`` (``F.normalize(x.pow(2).mean(1).view(x.size(0), -1))``)."""
+    return F.normalize(features.float().pow(2).mean(dim=1).flatten(1), dim=1)
 
 
 def at_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:
-    """``1/2 * sum_j mean((Q_s^j - Q_t^j)^2)`` over the compared points, Q the normalised maps
-    (the authors' code: mean over samples and positions, beta/2 outside)."""
+    """``sum_j mean((Q_s^j - Q_t^j)^2)`` over the compared points, Q the normalised maps; no 1/2.
+
+    The reference code's arithmetic: attention-transfer ``utils.py:23``
+    (``(at(x) - at(y)).pow(2).mean()``) summed over groups and times beta in ``cifar.py:223``
+    (``opt.beta * sum(loss_groups)``); mdistiller ``mdistiller/distillers/AT.py:17,21`` and
+    RepDistiller ``distiller_zoo/AT.py:26`` do the same. When the maps differ in size, the larger
+    *features* are average-pooled to the smaller's size before squaring (``AT.py:12-16`` in
+    both)."""
     total = student_maps[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_maps, teacher_maps, strict=True):
         size = (min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1]))
-        total = total + (attention_map(s, size) - attention_map(t.detach(), size)).pow(2).mean()
-    return total / 2
+        s = s if tuple(s.shape[-2:]) == size else F.adaptive_avg_pool2d(s.float(), size)
+        t = t.detach()
+        t = t if tuple(t.shape[-2:]) == size else F.adaptive_avg_pool2d(t.float(), size)
+        total = total + (attention_map(s) - attention_map(t)).pow(2).mean()
+    return total
 
 
 class AT(DistillMethod):

@@ -53,6 +53,14 @@ class DistillMethod(nn.Module):
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def progress(self) -> dict[str, Any]:
+        """Training-time state that is not a tensor of the model (e.g. a warm-up's step count);
+        the engine's checkpoint carries it so that a resumed run continues it."""
+        return {}
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`progress` returned."""
+
     def settings(self) -> dict[str, Any]:
         """The hyper-parameters this term was built with (for summaries and labels)."""
         return {}

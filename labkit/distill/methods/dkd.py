@@ -36,7 +36,10 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets
 
 class DKD(DistillMethod):
     """DKD with a linear warm-up: the term grows from 0 to full weight over the first
-    ``warmup`` share of training steps (the reference code's 20 of 240 epochs)."""
+    ``warmup`` share of training steps (mdistiller ``mdistiller/distillers/DKD.py:72``:
+    ``min(epoch / warmup, 1.0)`` with ``WARMUP = 20`` of 240 epochs, ``engine/cfg.py:167``; here
+    per step rather than per epoch). The count of steps done is criterion state that the engine's
+    checkpoint carries (:meth:`progress`), so a resumed run continues the ramp."""
 
     name = "dkd"
 
@@ -48,19 +51,24 @@ class DKD(DistillMethod):
         self.temperature = check_number(self.name, "temperature", temperature, low_open=True)
         self.warmup = check_number(self.name, "warmup", warmup, 0.0, 1.0)
         self.warmup_steps = 0  # set from the run's length (set_total_steps)
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # resumes with the run
+        self.steps_done = 0  # a Python int: reading it costs no device sync
 
     def set_total_steps(self, total_steps: int) -> None:
         self.warmup_steps = int(round(self.warmup * total_steps))
 
     def forward(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        """Called once per training step (the criterion is not used for evaluation)."""
         loss = dkd_loss(student.logits, teacher.logits, targets, self.alpha, self.beta, self.temperature)
+        self.steps_done += 1
         if self.warmup_steps > 0:
-            ramp = min(1.0, (int(self.steps_done) + 1) / self.warmup_steps)
-            loss = ramp * loss
-        if self.training:
-            self.steps_done += 1
+            loss = min(1.0, self.steps_done / self.warmup_steps) * loss
         return loss
+
+    def progress(self) -> dict[str, Any]:
+        return {"steps_done": self.steps_done}
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state["steps_done"])
 
     def settings(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "beta": self.beta, "T": self.temperature,
