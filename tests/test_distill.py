@@ -246,6 +246,9 @@ def test_rerun_skips_finished_stages_and_force_retrains(data_root, tmp_path, rec
     # changed settings are refused rather than silently mixed into one comparison
     with pytest.raises(ConfigError, match="other settings"):
         pipeline.distill(compose_distill(data_root, run_dir, "distill.kd.temperature=7"))
+    # a trainer key no list names (the old hand-listed settings missed it) is refused too
+    with pytest.raises(ConfigError, match=r"trainer\.grad_clip differ"):
+        pipeline.distill(compose_distill(data_root, run_dir, "trainer.grad_clip=1.0"))
     summary = pipeline.distill(compose_distill(data_root, run_dir, "distill.kd.temperature=7",
                                                "distill.force=true"))
     assert summary["stages_run"] == list(STAGES) and summary["temperature"] == 7.0

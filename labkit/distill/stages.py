@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from labkit.errors import CheckpointError, ConfigError
@@ -21,8 +21,24 @@ from labkit.errors import CheckpointError, ConfigError
 STAGE_FORMAT = "labkit-distill-stage-v1"
 STAGES = ("teacher", "student_baseline", "student_distill")
 
-# Data keys that change where or how fast data is read, not what a model learns from.
-_DATA_KEYS_IGNORED = ("root", "download", "eval_batch_size")
+# Keys that provably cannot change what a stage learns or how it tests: where things are read or
+# written, what is logged and how often, the evaluation batch size (evaluation runs in eval mode,
+# sample by sample), and the bookkeeping of the distillation itself. Every other key of the
+# resolved config is part of a stage's fingerprint, so a setting added later is covered the day it
+# is added (tests/test_distill_stages.py flips each key of the composed config).
+IGNORED_KEYS = (
+    "task_name", "tags", "optimized_metric", "logger", "paths",
+    "data.root", "data.download", "data.cache_dir", "data.eval_batch_size",
+    "trainer.log_every_n_steps", "trainer.checkpoint", "trainer.resume", "trainer.ckpt_path",
+    "distill.stage_store", "distill.force",
+)
+# What each stage reads of the distill node (the distilled student reads all of it).
+_TEACHER_DISTILL_KEYS = ("teacher_ckpt",)  # teacher_seed / teacher_epochs enter as trainer.*
+# Training-only keys that do not matter when the teacher is loaded from distill.teacher_ckpt.
+_TRAINING_ONLY = ("optimizer", "scheduler", "trainer.epochs", "trainer.seed", "trainer.grad_clip",
+                  "trainer.label_smoothing", "trainer.deterministic", "trainer.fused_optimizer",
+                  "trainer.sync_batchnorm", "trainer.strategy", "trainer.compile", "data.augment",
+                  "data.batch_size", "data.drop_last", "data.train_size")
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -36,47 +52,40 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _select(cfg: DictConfig, key: str) -> Any:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _under(key: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    """The resolved settings a stage's result depends on; a finished stage is reused only when
-    they are unchanged."""
-    data = {k: v for k, v in (_select(cfg, "data") or {}).items() if k not in _DATA_KEYS_IGNORED}
-    training = {
-        "data": data,
-        "optimizer": _select(cfg, "optimizer"),
-        "scheduler": _select(cfg, "scheduler"),
-        "trainer.epochs": _select(cfg, "trainer.epochs"),
-        "trainer.seed": _select(cfg, "trainer.seed"),
-        "trainer.test_on": _select(cfg, "trainer.test_on"),
-        "trainer.precision": _select(cfg, "trainer.precision"),
-        "trainer.label_smoothing": _select(cfg, "trainer.label_smoothing"),
-        "trainer.eval_flip": _select(cfg, "trainer.eval_flip"),
-    }
+    """The resolved settings a stage's result depends on, as dotted keys: the whole config minus
+    :data:`IGNORED_KEYS` and the parts that belong to other stages (the baseline does not read
+    ``teacher`` or ``distill``; the teacher does not read ``student``, and trains with its own seed
+    and epochs). A finished stage is reused only when they are unchanged."""
     if stage == "teacher":
-        ckpt = _select(cfg, "distill.teacher_ckpt")
-        if ckpt:
-            return {"teacher": _select(cfg, "teacher"), "distill.teacher_ckpt": str(ckpt), "data": data}
-        return {"teacher": _select(cfg, "teacher"), **training, "trainer.seed": teacher_seed(cfg),
-                "trainer.epochs": teacher_epochs(cfg)}
-    settings = {"student": _select(cfg, "student"), **training}
+        cfg = teacher_config(cfg)  # its epochs, and the schedule that follows them
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    flat = {k: v for k, v in _flatten(config).items() if not _under(k, IGNORED_KEYS)}
     if stage == "student_distill":
-        from labkit.distill.methods import method_names
-
-        settings.update({
-            "teacher": _select(cfg, "teacher"),
-            "distill.method": _select(cfg, "distill.method"),
-            "distill.ce_weight": _select(cfg, "distill.ce_weight"),
-            "distill.feature_layers": _select(cfg, "distill.feature_layers"),
-            **{f"distill.{name}": _select(cfg, f"distill.{name}")
-               for name in method_names(_select(cfg, "distill.method"))},
-        })
-    return settings
+        return flat
+    if stage == "student_baseline":
+        return {k: v for k, v in flat.items() if not _under(k, ("teacher", "distill"))}
+    own = tuple(f"distill.{name}" for name in _TEACHER_DISTILL_KEYS)
+    flat = {k: v for k, v in flat.items() if not _under(k, ("student", "distill")) or _under(k, own)}
+    flat["trainer.seed"] = teacher_seed(cfg)
+    if OmegaConf.select(cfg, "distill.teacher_ckpt"):
+        flat = {k: v for k, v in flat.items() if not _under(k, _TRAINING_ONLY)}
+    return flat
 
 
 def teacher_seed(cfg: DictConfig) -> int:
@@ -96,7 +105,9 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
     cosine's ``T_max``, follow)."""
     if OmegaConf.select(cfg, "distill.teacher_epochs") is None:
         return cfg
-    return OmegaConf.merge(cfg, {"trainer": {"epochs": teacher_epochs(cfg)}})
+    merged = OmegaConf.merge(cfg, {"trainer": {"epochs": teacher_epochs(cfg)}})
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
