@@ -17,7 +17,7 @@ from labkit.distill.methods import Outputs, build_methods, ce_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "distill.yaml").distill, resolve=True)
-STUDY = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "sweep" / "distill_methods_cifar10.yaml"))
+STUDY = OmegaConf.to_container(OmegaConf.load(ROOT / "sweeps" / "distill_methods_cifar10.yaml"))
 
 
 def rand(*shape, seed=0, scale=1.0):

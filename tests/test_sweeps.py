@@ -21,7 +21,7 @@ from labkit.report.jobs import parse_override
 
 from .conftest import CONF, run_cli
 
-SWEEPS = sorted((CONF / "sweep").glob("*.yaml"))
+SWEEPS = sorted((CONF.parent / "sweeps").glob("*.yaml"))
 
 
 def tiny(data_root: Path, out: Path) -> list[str]:
@@ -62,6 +62,14 @@ def compose_sweep(config_name: str, sweep: str) -> OmegaConf:
         return compose(config_name, overrides=[f"sweep={sweep}"], return_hydra_config=True)
 
 
+def test_the_studies_live_in_the_top_level_sweeps_folder_and_compose_from_anywhere(tmp_path):
+    """The design card's ``sweeps/`` is their one home; ``conf/sweep`` only points at it."""
+    assert len(SWEEPS) >= 10 and (CONF / "sweep").resolve() == (CONF.parent / "sweeps").resolve()
+    result = run_cli("train.py", "sweep=mlp_depth_residual", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "mlp_depth_residual" in result.stdout
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_every_sweep_file_composes_into_a_multirun(path, tmp_path):
     config_name = "distill" if path.stem.startswith("distill") else "train"
@@ -80,6 +88,8 @@ def test_every_sweep_file_composes_into_a_multirun(path, tmp_path):
         del cfg["hydra"]
     # outside a Hydra job paths.output_dir (${hydra:runtime.output_dir}) has no value: give it one
     runnable = {"trainer": {"device": "cpu"}, "paths": {"output_dir": str(tmp_path)}}
+    if config_name == "distill":  # a stage_store of ${hydra:sweep.dir}/stages needs a Hydra job
+        runnable["distill"] = {"stage_store": str(tmp_path / "stages")}
     validate_config(OmegaConf.merge(cfg, runnable), config_name)
 
 
