@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,34 @@ def test_missing_cifar_is_one_clear_error_without_download(tmp_path):
         CIFAR(root=tmp_path).setup()
     with pytest.raises(DataError, match="cifar-100-python lacks train, test"):
         CIFAR(variant="cifar100", root=tmp_path).setup()
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.system``: what a crafted batch would hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_crafted_cifar_batch_cannot_run_code(tmp_path, protocol):
+    """The official batches hold dicts, lists, bytes and numpy arrays; the reader builds nothing
+    else, so a pickle that would run a command is refused in one line and the command never runs."""
+    write_cifar_folder(tmp_path, "cifar10", per_batch=2, n_test=2)
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    entry = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps({**entry, b"batch_label": _RunsCode(marker)}, protocol=protocol))
+    with pytest.raises(DataError, match=r"data_batch_1 is not a readable CIFAR batch .*posix\.system"):
+        CIFAR(root=tmp_path).load_raw()
+    assert not marker.exists()
+    # an honest batch written with the same protocol is read
+    path.write_bytes(pickle.dumps(entry, protocol=protocol))
+    assert CIFAR(root=tmp_path).load_raw().train_targets.shape[0] == 10
 
 
 @pytest.mark.parametrize("content,match", [

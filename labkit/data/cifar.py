@@ -4,7 +4,9 @@ The layout is the one of the official archives (and of torchvision):
 ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` and ``cifar-100-python/{train,test}``,
 each a pickled dict whose ``data`` is ``[N, 3072]`` uint8 (1024 red, 1024 green, 1024 blue
 values per image, row-major) and whose labels are ``labels`` (CIFAR-10) or ``fine_labels``
-(CIFAR-100). The files are pickles: only read ones from a source you trust, as with torchvision.
+(CIFAR-100). The files are pickles, and ``pickle.load`` runs whatever code a crafted file
+names; they are read with :class:`BatchUnpickler`, which builds only what the official batches
+hold (dicts, lists, strings, bytes, numbers and numpy arrays) and refuses any other global.
 """
 
 from __future__ import annotations
@@ -40,11 +42,32 @@ LAYOUTS = {
 }
 
 
+# The only globals an official batch (or one re-pickled by numpy 1 or 2) refers to: the numpy
+# array and dtype constructors. Anything else (os.system, builtins.eval, ...) is refused.
+_ALLOWED_GLOBALS = {
+    (module, name)
+    for prefix in ("numpy.core", "numpy._core")
+    for module, name in ((f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                         (f"{prefix}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"),
+     ("_codecs", "encode")}  # bytes pickled by Python 3 at protocol 2 (as torch's weights_only allows)
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of :data:`_ALLOWED_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR batch holds "
+                                         f"(refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One pickle batch as uint8 images ``[N, 3, 32, 32]`` and int64 labels."""
     try:
         with open(path, "rb") as fh:
-            entry: dict[Any, Any] = pickle.load(fh, encoding="bytes")
+            entry: dict[Any, Any] = BatchUnpickler(fh, encoding="bytes").load()
         # The official files were written by Python 2: their keys are bytes.
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8)
