@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,17 @@ class RawSplits:
     train_targets: torch.Tensor
     test_images: torch.Tensor
     test_targets: torch.Tensor
+
+    def fingerprint(self) -> str:
+        """sha256 of the decoded images and labels, shapes included: the data a run actually
+        read, whatever the files' format (IDX, CIFAR batches, JPEGs) or where they were. About
+        0.4 s for CIFAR-10's 184 MB on this project's CPU, once per run."""
+        digest = hashlib.sha256()
+        for tensor in (self.train_images, self.train_targets, self.test_images, self.test_targets):
+            flat = tensor.detach().cpu().contiguous()
+            digest.update(f"{tuple(flat.shape)}:{flat.dtype};".encode())
+            digest.update(memoryview(flat.reshape(-1).view(torch.uint8).numpy()))
+        return digest.hexdigest()[:16]
 
 
 class ImageDataModule:
@@ -69,6 +81,7 @@ class ImageDataModule:
         self.augment = build_augment(augment)
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.device = torch.device("cpu")
+        self.fingerprint: str | None = None  # of the decoded data, set by setup()
 
     def load_raw(self) -> RawSplits:
         raise NotImplementedError
@@ -94,6 +107,7 @@ class ImageDataModule:
     def setup(self, device: torch.device | str = "cpu") -> None:
         """Decode the data once, split off validation, and move everything to ``device``."""
         raw = self.load_raw()
+        self.fingerprint = raw.fingerprint()  # provenance: which data this run read
         n_train = len(raw.train_images)
         if not 0 <= self.val_size < n_train:
             raise ConfigError(

@@ -1,0 +1,135 @@
+"""Where a result came from: the code (git commit, dirty tree and its patch), the packages, the
+machine, the command line and the data, written as ``provenance.json`` (and ``code.patch``) in
+every run folder. labkit runs offline, so it keeps these records itself, as W&B and MLflow do
+online; ``labkit-report`` compares them across runs and ``labkit-report rerun`` reads them back.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from labkit import __version__
+from labkit.io import atomic_write_text
+
+PROVENANCE_FILE = "provenance.json"
+PATCH_FILE = "code.patch"
+# the direct dependencies (pyproject.toml) whose versions a result may depend on
+PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "numpy", "scipy", "wandb", "rich",
+            "matplotlib", "captum", "tensorboard")
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _git(*args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(["git", "-C", str(CODE_ROOT), *args], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, **(env or {})}, check=True)
+    return result.stdout
+
+
+@functools.cache
+def code_state() -> tuple[dict[str, Any], str]:
+    """The git commit of labkit's own checkout, whether the tree is dirty, and the patch (tracked
+    changes and untracked source files, against that commit) that rebuilds it. Once per process:
+    the code a process runs is the code it loaded. Outside a git checkout (an installed wheel, no
+    git) the record says so and the run goes on."""
+    try:
+        commit = _git("rev-parse", "HEAD").strip()
+        with tempfile.TemporaryDirectory() as tmp:  # a private index: the user's stays untouched
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            _git("read-tree", "HEAD", env=env)
+            _git("add", "-A", env=env)
+            patch = _git("diff", "--cached", "--binary", "HEAD", env=env)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"commit": None, "dirty": None,
+                "note": f"not a git checkout ({type(exc).__name__}): code version is labkit's only"}, ""
+    return {"commit": commit, "dirty": bool(patch)}, patch
+
+
+def short_commit(record: dict[str, Any]) -> str:
+    """``1a2b3c4`` or ``1a2b3c4+dirty`` (``?`` when the code was not in git)."""
+    code = record.get("code") or {}
+    if not code.get("commit"):
+        return "?"
+    return code["commit"][:7] + ("+dirty" if code.get("dirty") else "")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["cuda"] = torch.version.cuda
+    versions["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"host": socket.gethostname(), "os": platform.platform(), "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(), "gpus": gpus, "gpu_count": len(gpus),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
+
+
+def collect(entry_point: str, overrides: list[str], data_fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything but the end time; ``overrides`` are the job's Hydra overrides."""
+    code, _ = code_state()
+    return {
+        "labkit_version": __version__,
+        "code": code,
+        "packages": package_versions(),
+        "machine": machine(),
+        "entry_point": entry_point,
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "overrides": list(overrides),
+        "data_fingerprint": data_fingerprint,
+        "started_utc": utc_now(),
+        "ended_utc": None,
+    }
+
+
+def write(run_dir: Path, record: dict[str, Any]) -> None:
+    """``provenance.json``, and ``code.patch`` when the tree was dirty (``git apply`` on the
+    recorded commit rebuilds the code)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
+    _, patch = code_state()
+    if patch:
+        atomic_write_text(run_dir / PATCH_FILE, patch)
+
+
+def finish(run_dir: Path, record: dict[str, Any], data_fingerprint: str | None = None) -> None:
+    """Stamp the end time (and the data read, once known) and write the record again."""
+    record["ended_utc"] = utc_now()
+    if data_fingerprint is not None:
+        record["data_fingerprint"] = data_fingerprint
+    write(run_dir, record)
