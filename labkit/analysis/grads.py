@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.analysis.figures import pyplot, save_figure
+from labkit.tracking.figures import pyplot, save_figure
 
 PROBES = (("init", "at initialisation"), ("final", "after training"))
 #: (legend label, grad_norms.json record) of one run

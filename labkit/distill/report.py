@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from labkit.analysis.figures import pyplot, save_figure
+from labkit.tracking.figures import pyplot, save_figure
 
 LABELS = {
     "teacher": "teacher",
