@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labkit.errors import LabkitError
-from labkit.report.distill import find_job_summaries, methods_table, seeds_table
 from labkit.report.figures import job_label
 from labkit.report.grads import comparison_rows, plot_grad_norm_comparison, print_table
 from labkit.report.jobs import ReportError, load_jobs
@@ -46,6 +45,10 @@ def _grads(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    # imported here for start-up time, not a cycle: labkit.distill's package imports torch (about
+    # 2 s), which the other commands never need
+    from labkit.report.distill import find_job_summaries, methods_table, seeds_table
+
     summaries = find_job_summaries(args.dirs)
     if not summaries:
         raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
