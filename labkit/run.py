@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
-from labkit.engine import Callback, Engine, cross_entropy, distributed, resolve_device
+from labkit.config.device import resolve_device
+from labkit.engine import Callback, Engine, cross_entropy, distributed
 from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
 from labkit.engine.engine import Criterion, SmoothedCrossEntropy
 from labkit.engine.optim import build_optimizer
@@ -31,10 +32,6 @@ from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTrac
 
 log = logging.getLogger(__name__)
 
-#: trainer.test_on: the weights the final test uses
-TEST_ON = ("best", "last")
-#: scheduler.interval: how often the engine steps the learning-rate schedule
-SCHEDULER_INTERVALS = ("epoch", "step")
 #: a run whose last training loss is this many times its starting loss has diverged (a finite
 #: blow-up, e.g. optimizer.lr=1e9: 2.7e30), even though no NaN stopped it
 DIVERGED_FACTOR = 10.0

@@ -8,10 +8,15 @@ import pytest
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
+from labkit.config import choices
 from labkit.config.schema import DATASETS, MODELS
 from labkit.config.validate import validate_config
+from labkit.data.cifar import LAYOUTS
+from labkit.distill.methods import METHODS as DISTILL_METHODS
 from labkit.errors import ConfigError
 from labkit.models import FlexibleMLP, describe_model
+from labkit.models.cnn import BLOCKS
+from labkit.models.layers import ACTIVATIONS, NORMS_1D
 from labkit.run import build_optimization
 
 from .conftest import CONF, compose_config
@@ -114,6 +119,15 @@ def test_validation_accepts_defaults(cfg_factory):
     validate_config(cfg_factory())
 
 
+@pytest.mark.parametrize("allowed,registry", [
+    (choices.ACTIVATIONS, ACTIVATIONS), (choices.NORMS_1D, NORMS_1D), (choices.BLOCKS, BLOCKS),
+    (choices.CIFAR_VARIANTS, LAYOUTS), (choices.DISTILL_METHODS, DISTILL_METHODS)],
+    ids=["activations", "norms_1d", "blocks", "cifar_variants", "distill_methods"])
+def test_allowed_values_are_the_names_the_code_implements(allowed, registry):
+    """The schema reads labkit.config.choices; the code keys its implementations by name."""
+    assert tuple(registry) == allowed
+
+
 def _parameters(cls) -> set[str]:
     """Keyword parameters of ``cls``, following ``**kwargs`` into the base classes."""
     names: set[str] = set()
@@ -128,7 +142,7 @@ def _parameters(cls) -> set[str]:
 
 
 #: constructor parameters no config sets (an image folder's root is its path; nothing to download)
-NOT_CONFIGURABLE = {"labkit.data.ImageFolder": {"root", "download"},
+NOT_CONFIGURABLE = {"labkit.data.ImageFolder": {"download"},  # root: the folder above path (cifar10_jpeg)
                     "labkit.data.SyntheticImages": {"download"}}
 
 

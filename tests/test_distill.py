@@ -22,7 +22,6 @@ from labkit.distill import (
     LiveTeacher,
     teacher_outputs,
 )
-from labkit.distill.aggregate import seeds_table
 from labkit.distill.methods import Outputs, build_methods, ce_weight
 from labkit.distill.methods.kd import KD
 from labkit.distill.report import gap_closed
@@ -30,6 +29,7 @@ from labkit.distill.teacher import use_teacher_cache
 from labkit.engine import Engine
 from labkit.errors import CheckpointError, ConfigError
 from labkit.models import FlexibleMLP
+from labkit.report.distill import seeds_table
 
 from .conftest import compose_config, run_cli
 

@@ -15,13 +15,13 @@ from torch import nn
 
 from labkit.analysis.callbacks import analysis_callbacks
 from labkit.analysis.grad_monitor import GradientMonitor, probe_grad_norms, weight_groups
-from labkit.analysis.grads import plot_grad_norm_comparison
 from labkit.data import TensorLoader
 from labkit.data.loader import Batch
 from labkit.engine import Engine, cross_entropy
 from labkit.models import FlexibleMLP
 from labkit.report.cli import main as report_main
 from labkit.report.figures import job_label
+from labkit.report.grads import plot_grad_norm_comparison
 from labkit.report.jobs import load_jobs
 from labkit.report.table import swept_keys
 from labkit.tracking import Tracker, read_metrics
@@ -253,12 +253,10 @@ def test_grad_flow_study_builds_each_depth_plain_and_residual_with_the_monitor_o
                      for residual in (False, True)}
 
 
-@pytest.mark.parametrize("command", [["labkit.report", "grads"], ["labkit.analysis.grads"]],
-                         ids=["labkit-report", "old module name"])
-def test_comparison_command_runs_as_a_module_and_fails_in_one_line(tmp_path, command):
+def test_comparison_command_runs_as_a_module_and_fails_in_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text('{"test_acc": 0.5}')
-    result = subprocess.run([sys.executable, "-m", *command, str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "labkit.report", "grads", str(tmp_path)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "analysis.grad_norms=true" in result.stderr

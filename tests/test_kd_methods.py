@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import labkit.distill.pipeline as pipeline
-from labkit.distill.compare import methods_table
 from labkit.distill.criterion import DistillationCriterion
 from labkit.distill.methods import METHODS, Outputs, build_methods, ce_weight, method_names
 from labkit.distill.methods.at import at_loss
@@ -25,6 +24,7 @@ from labkit.distill.methods.rkd import rkd_loss
 from labkit.distill.teacher import teacher_outputs
 from labkit.errors import ConfigError
 from labkit.models import ConvPoolNet, FlexibleCNN, FlexibleMLP
+from labkit.report.distill import methods_table
 
 from .conftest import compose_config, run_cli
 

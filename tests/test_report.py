@@ -172,15 +172,12 @@ def test_a_folder_of_multiruns_is_read_in_job_order(tmp_path):
     assert [j.path.name for j in load_jobs(tmp_path / "b", tmp_path / "a" / "10")] == ["2", "10", "10"]
 
 
-def test_distill_subcommand_and_its_old_module_name(tmp_path, capsys):
-    from labkit.distill.aggregate import main as aggregate_main
-
+def test_distill_subcommand(tmp_path, capsys):
     for n, (base, dist) in enumerate(((0.96, 0.97), (0.95, 0.97))):
         make_job(tmp_path / "seeds", str(n), [f"trainer.seed={n}"], distill_summary(base, dist))
     make_job(tmp_path / "seeds", "2", ["trainer.seed=2"], completed(0.9))  # a train.py job: ignored
     assert main(["distill", str(tmp_path / "seeds")]) == 0
     table = capsys.readouterr().out
     assert "| student baseline | 95.50 ± 0.71 | 10 |" in table and "better in 2 of 2 runs" in table
-    assert aggregate_main([str(tmp_path / "seeds")]) == 0 and capsys.readouterr().out == table
     assert main(["distill", str(tmp_path / "seeds" / "2")]) == 2
     assert "no distillation summary.json" in capsys.readouterr().err

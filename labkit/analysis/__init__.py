@@ -1,1 +1,2 @@
-"""Measurements and figures computed from runs."""
+"""Per-run measurements hooked into the engine (gradient flow, W&B watch) and their figures;
+reports over many runs live in :mod:`labkit.report`."""

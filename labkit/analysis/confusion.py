@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from labkit.analysis.figures import pyplot, save_figure
 from labkit.data.loader import Batch
+from labkit.tracking.figures import pyplot, save_figure
 
 
 @torch.no_grad()

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.analysis.grads import plot_grad_norms
 from labkit.data.loader import Batch
 from labkit.engine.engine import Callback, Criterion, Engine
 from labkit.models.summary import describe_model
+from labkit.tracking.files import write_json
 
 #: ``(name, depth position, weight tensors)`` of one block, in depth order.
 WeightGroup = tuple[str, int, list[nn.Parameter]]
@@ -218,9 +220,6 @@ class GradientMonitor(Callback):
 
     def save(self, model: nn.Module) -> Path:
         """Write ``grad_norms.json`` and ``grad_norms.png`` into the run directory."""
-        from labkit.analysis.grads import plot_grad_norms
-        from labkit.tracking.files import write_json
-
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "grad_norms.json"

@@ -3,8 +3,8 @@
 A field knows its allowed values and says them in words, so every error is one line naming
 the key, the value and what is allowed. :class:`Node` is a mapping of fields that rejects keys
 it does not know (with the nearest known names), :class:`Variants` picks the node of a
-``_target_``. Plain Python importing only :mod:`labkit.errors`, so a module that owns allowed
-values (the augmentation's keys, say) can declare its fields with these without an import cycle.
+``_target_``. Plain Python importing only :mod:`labkit.errors`: configuration is the floor
+every other package may read.
 """
 
 from __future__ import annotations

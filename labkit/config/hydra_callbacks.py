@@ -15,8 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
+
+from labkit.config.schema import ENTRY_POINTS
+from labkit.config.validate import validate_config, writable_folder_problem
+from labkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +29,6 @@ log = logging.getLogger(__name__)
 class OutputDirCheck(Callback):
     def _check(self, target: str, key: str) -> None:
         parent = Path(target).expanduser().parent
-        from labkit.config.validate import writable_folder_problem
-
         reason = writable_folder_problem(parent)
         if reason is not None:
             print(f"error: cannot write the output folder {parent} ({reason}); choose another with "
@@ -45,12 +48,6 @@ class ConfigCheck(Callback):
     that job's failure and lets the sweep go on."""
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        from labkit.config.schema import ENTRY_POINTS
-        from labkit.config.validate import validate_config
-        from labkit.errors import ConfigError
-
         if config_name not in ENTRY_POINTS:  # tests/test_config_errors.py asks every script for one
             log.warning("no schema for %s.yaml in labkit/config/schema.py: its keys are not checked",
                         config_name)

@@ -1,8 +1,9 @@
 """The type and allowed values of every key of every config group, per entry point.
 
 One schema for all groups, read by :func:`labkit.config.validate.validate_config`. Allowed
-names come from the code that uses them (``ACTIVATIONS``, ``BLOCKS``, ``PRECISIONS``, ...), so
-the check and the code cannot disagree. A key that is not declared here is rejected, so a new
+names come from :mod:`labkit.config.choices`, which the code that implements them imports too
+(``ACTIVATIONS``, ``BLOCKS``, ``PRECISIONS``, ...), so the check and the code cannot disagree and
+configuration imports nothing above it. A key that is not declared here is rejected, so a new
 option needs its line here (``tests/test_config.py`` composes every YAML option against it and
 compares the model and data sections with the constructors' parameters).
 
@@ -19,6 +20,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from labkit.config.choices import (
+    ACTIVATIONS,
+    BLOCKS,
+    CACHE_TEACHER,
+    CIFAR_VARIANTS,
+    DEVICES,
+    DISTILL_METHODS,
+    EXPLAIN_BASELINES,
+    EXPLAIN_METHODS,
+    EXPLAIN_TARGETS,
+    NORMS_1D,
+    PRECISIONS,
+    SCHEDULER_INTERVALS,
+    STRATEGIES,
+    TEST_ON,
+    WANDB_MODES,
+)
 from labkit.config.fields import (
     Bool,
     Choice,
@@ -33,20 +51,6 @@ from labkit.config.fields import (
     fail,
     is_number,
 )
-from labkit.data.augment import AUGMENT
-from labkit.data.cifar import LAYOUTS
-from labkit.distill.methods import METHODS
-from labkit.distill.teacher import CACHE_TEACHER
-from labkit.engine.accel import PRECISIONS
-from labkit.engine.device import DEVICE_CHOICES
-from labkit.engine.distributed import STRATEGIES
-from labkit.explain.faithfulness import BASELINES
-from labkit.explain.methods import METHODS as EXPLAIN_METHODS
-from labkit.explain.methods import TARGETS
-from labkit.models.cnn import BLOCKS
-from labkit.models.layers import ACTIVATIONS, NORMS_1D
-from labkit.run import SCHEDULER_INTERVALS, TEST_ON
-from labkit.tracking.wandb_tracker import MODES as WANDB_MODES
 
 POSITIVE = Number(min=0, min_open=True)
 NON_NEGATIVE = Number(min=0)
@@ -59,8 +63,8 @@ def _existing_file(value: Any) -> bool:
 
 
 CHECKPOINT = Custom(test=_existing_file, what="the path of an existing checkpoint file")
-DEVICE = Custom(test=lambda v: isinstance(v, str) and v.split(":")[0] in DEVICE_CHOICES,
-                what=f"{', '.join(DEVICE_CHOICES[:-1])} or {DEVICE_CHOICES[-1]} (cuda:N for one GPU)")
+DEVICE = Custom(test=lambda v: isinstance(v, str) and v.split(":")[0] in DEVICES,
+                what=f"{', '.join(DEVICES[:-1])} or {DEVICES[-1]} (cuda:N for one GPU)")
 
 
 def target(node: Node) -> Node:
@@ -113,6 +117,11 @@ MODEL = Variants(MODELS)
 
 
 # --- data ----------------------------------------------------------------------------------
+#: the keys of a data config's ``augment`` node (null: no augmentation); the augmentation
+#: (labkit.data.augment) checks its arguments against it too
+AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True)
+
+
 def _normalisation_matches_channels(node: Mapping[str, Any], path: str) -> None:
     """``mean`` / ``std``: one value for every channel, or one per channel."""
     channels = node.get("in_channels")
@@ -144,7 +153,7 @@ def data_node(fields: dict[str, Field]) -> Node:
 
 DATASETS = {
     "labkit.data.MNISTFamily": data_node({"folder": Text(), "root": PATH, "download": Bool()}),
-    "labkit.data.CIFAR": data_node({"variant": Choice(LAYOUTS), "root": PATH, "download": Bool()}),
+    "labkit.data.CIFAR": data_node({"variant": Choice(CIFAR_VARIANTS), "root": PATH, "download": Bool()}),
     "labkit.data.ImageFolder": data_node({"path": PATH, "root": PATH,
                                           "cache_dir": Text(null=True, what="a path"), "resize": Bool()}),
     "labkit.data.SyntheticImages": data_node({"n_train": Int(min=1), "n_test": Int(min=1),
@@ -244,7 +253,7 @@ def _method_spec(value: Any) -> bool:
     if not isinstance(names, list | tuple) or not names:
         return False
     names = [n.strip() if isinstance(n, str) else n for n in names]
-    return all(n in METHODS for n in names) and len(set(names)) == len(names)
+    return all(n in DISTILL_METHODS for n in names) and len(set(names)) == len(names)
 
 
 def _feature_points(value: Any) -> bool:
@@ -256,7 +265,8 @@ def _feature_points(value: Any) -> bool:
 FEATURE_LAYERS = Custom(test=_feature_points, null=True,
                         what="a non-empty list of feature points, e.g. [stage2] or [stage3:stage4]")
 DISTILL = Node({
-    "method": Custom(test=_method_spec, what=f"one of {', '.join(METHODS)}, a sum such as kd+at, or a list"),
+    "method": Custom(test=_method_spec,
+                     what=f"one of {', '.join(DISTILL_METHODS)}, a sum such as kd+at, or a list"),
     "ce_weight": Custom(test=lambda v: v == "auto" or (is_number(v) and v >= 0),
                         what="auto or a number >= 0"),
     "feature_layers": FEATURE_LAYERS,
@@ -316,12 +326,12 @@ ENTRY_POINTS: dict[str, Node] = {
             "layer": Custom(test=lambda v: (isinstance(v, str) and bool(v)) or (
                 isinstance(v, int) and not isinstance(v, bool)),
                 what="last, stem, blocks.<i>, an index or a module name"),
-            "target": Choice(TARGETS),
+            "target": Choice(EXPLAIN_TARGETS),
             "per_class": Int(min=1),
             "side_by_side": Int(min=1),
             "pool": Int(min=1),
             "steps": Int(min=2),
-            "baseline": Choice(tuple(BASELINES)),
+            "baseline": Choice(tuple(EXPLAIN_BASELINES)),
             "seed": Int(min=0),
             "labels": List(Text(), min_len=1, null=True),
         }),

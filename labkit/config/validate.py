@@ -14,8 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from labkit.config.device import resolve_device
 from labkit.config.schema import ENTRY_POINTS
-from labkit.engine.device import resolve_device
 from labkit.errors import ConfigError
 
 #: root keys that belong to Hydra or the defaults list, not to the task

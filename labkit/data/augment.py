@@ -14,11 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from labkit.config.fields import Bool, Int, Node
+from labkit.config.schema import AUGMENT
 from labkit.data.loader import Augment
-
-#: the keys of a data config's ``augment`` node (null: no augmentation), read by the config schema
-AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True)
 
 
 class CropFlip:

@@ -31,7 +31,7 @@ from labkit.distill.methods import (
     needs_features,
     probe_shapes,
 )
-from labkit.distill.report import write_comparison
+from labkit.distill.report import gap_closed, write_comparison
 from labkit.distill.stages import (
     load_stage,
     model_state_from_checkpoint,
@@ -386,8 +386,6 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
 
 def combined_summary(results: dict[str, dict[str, Any]], ran: list[str]) -> dict[str, Any]:
     """The job's summary.json: each stage's headline figures, prefixed by the stage name."""
-    from labkit.distill.report import gap_closed
-
     diverged = [stage for stage, record in results.items() if record["summary"].get("status") == "diverged"]
     summary: dict[str, Any] = {"status": "diverged" if diverged else "completed", "stages_run": list(ran)}
     if diverged:

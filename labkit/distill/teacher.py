@@ -13,13 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.config.choices import CACHE_TEACHER
 from labkit.data.loader import Batch
 from labkit.distill.methods.base import Outputs
 from labkit.engine.accel import autocast
 from labkit.errors import ConfigError
-
-#: distill.cache_teacher: decided by the augmentation (auto), or forced on / off
-CACHE_TEACHER = ("auto", True, False)
 
 log = logging.getLogger(__name__)
 

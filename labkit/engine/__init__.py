@@ -1,9 +1,9 @@
-"""The shared training engine, device handling and checkpoint files."""
+"""The shared training engine, seeding and checkpoint files (devices: :mod:`labkit.config.device`)."""
 
 from labkit.engine import distributed
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
-from labkit.engine.device import resolve_device, seed_everything
 from labkit.engine.engine import Callback, Engine, cross_entropy
+from labkit.engine.rng import seed_everything
 
-__all__ = ["Callback", "distributed", "Engine", "cross_entropy", "load_checkpoint", "resolve_device",
-           "save_checkpoint", "seed_everything"]
+__all__ = ["Callback", "distributed", "Engine", "cross_entropy", "load_checkpoint", "save_checkpoint",
+           "seed_everything"]

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from labkit.config.choices import PRECISIONS
 from labkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import torch
 import torch.distributed as dist
 
+from labkit.config.choices import STRATEGIES
 from labkit.errors import ConfigError
 
 RUN_STAMP_ENV = "LABKIT_RUN_STAMP"
@@ -64,10 +65,6 @@ def join_process_group() -> None:
     if dist.get_rank() != 0:
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled",
                      "hydra/hydra_logging=disabled"]
-
-
-#: trainer.strategy: one process, or DistributedDataParallel under torchrun
-STRATEGIES = ("auto", "ddp")
 
 
 def context(strategy: str) -> DistContext:

@@ -1,12 +1,25 @@
-"""Capture and restore every random number generator a run draws from (for exact resume)."""
+"""Seed, capture and restore every random number generator a run draws from (capture and
+restore: exact resume)."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` also asks torch for repeatable kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -21,13 +21,6 @@ from torch import nn
 
 from labkit.explain.methods import upsample
 
-#: what a removed pixel becomes in the deletion / insertion curves (explain.baseline)
-BASELINES = {
-    "mean": "the data set's mean colour (0 after normalisation)",
-    "black": "black (pixel value 0)",
-    "blur": "the image blurred (Gaussian, sigma = 1/8 of its side)",
-}
-
 
 def pixel_ranks(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``[N, H*W]``: each pixel's rank (0 = most relevant) under its map, ties broken at random."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from labkit.analysis.figures import pyplot, save_figure
+from labkit.tracking.figures import pyplot, save_figure
 
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 

@@ -19,11 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.config.choices import EXPLAIN_METHODS as METHODS
 from labkit.errors import ConfigError
-
-METHODS = ("cam", "gradcam")
-#: whose class map is drawn and scored (explain.target): the prediction or the true label
-TARGETS = ("pred", "true")
 
 
 def check_method(method: str) -> str:

@@ -25,11 +25,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from labkit.config.choices import EXPLAIN_BASELINES as BASELINES
 from labkit.config.validate import validate_config
 from labkit.engine import load_checkpoint
 from labkit.errors import CheckpointError, ConfigError, LabkitError
 from labkit.evaluation import STAGE_ROLES, RebuiltRun, rebuild_run
-from labkit.explain.faithfulness import BASELINES, faithfulness
+from labkit.explain.faithfulness import faithfulness
 from labkit.explain.figures import plot_comparison, plot_curves, plot_grid
 from labkit.explain.methods import (
     class_map,

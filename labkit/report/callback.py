@@ -1,4 +1,10 @@
-"""A Hydra callback that writes the report when a multirun ends (conf/hydra/default.yaml)."""
+"""Hydra callbacks that write reports when a multirun ends: the job table and figures
+(conf/hydra/default.yaml, every multirun) and the methods table (the distillation methods sweeps).
+
+Hydra loads this module for every run, single runs included, so the report modules (SciPy,
+matplotlib) are imported only when a multirun ends, inside the ``try`` that keeps a report
+failure, an import error included, from failing the sweep it summarises.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +33,20 @@ class MultirunReport(Callback):
         except Exception as exc:
             log.warning("no report for %s (%s: %s); try labkit-report %s",
                         folder, type(exc).__name__, exc, folder)
+
+
+class MethodsReport(Callback):
+    """After a distillation multirun: methods.md in the sweep folder, and the table on the console
+    (``labkit-report distill <folder>`` prints it again)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        try:
+            from labkit.report.distill import find_job_summaries, write_methods_report
+
+            jobs = find_job_summaries([folder])
+            if jobs:
+                path = write_methods_report(folder, jobs)
+                print(path.read_text(), flush=True)
+        except Exception as exc:
+            log.warning("no methods table for %s (%s: %s)", folder, type(exc).__name__, exc)

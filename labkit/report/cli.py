@@ -15,21 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labkit.errors import LabkitError
+from labkit.report.figures import job_label
+from labkit.report.grads import comparison_rows, plot_grad_norm_comparison, print_table
 from labkit.report.jobs import ReportError, load_jobs
+from labkit.report.report import build_report
+from labkit.report.table import swept_keys
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from labkit.report.report import build_report
-
     build_report(args.folder, args.out, figures=not args.no_figures, compare=args.compare)
     return 0
 
 
 def _grads(args: argparse.Namespace) -> int:
-    from labkit.analysis.grads import comparison_rows, plot_grad_norm_comparison, print_table
-    from labkit.report.figures import job_label
-    from labkit.report.table import swept_keys
-
     jobs = load_jobs(*args.runs)
     keys = swept_keys(jobs)
     labels = args.labels if args.labels is not None else [job_label(job, keys) for job in jobs]
@@ -47,8 +45,9 @@ def _grads(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from labkit.distill.aggregate import find_job_summaries, seeds_table
-    from labkit.distill.compare import methods_table
+    # imported here for start-up time, not a cycle: labkit.distill's package imports torch (about
+    # 2 s), which the other commands never need
+    from labkit.report.distill import find_job_summaries, methods_table, seeds_table
 
     summaries = find_job_summaries(args.dirs)
     if not summaries:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit.analysis.figures import pyplot, save_figure
-from labkit.analysis.grads import plot_grad_norm_comparison
+from labkit.report.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
 from labkit.report.stats import RESULT_STATES, estimate, is_replicate_key
 from labkit.report.table import accuracy_key, format_value, swept_keys
+from labkit.tracking.figures import pyplot, save_figure
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:

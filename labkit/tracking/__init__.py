@@ -1,4 +1,4 @@
-"""Where results go: console (rich), the run directory's files, and W&B."""
+"""Where results go: console (rich), the run directory's files and figures, and W&B."""
 
 from labkit.tracking.base import Tracker, TrackerGroup
 from labkit.tracking.console import ConsoleTracker, config_tree

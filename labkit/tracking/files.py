@@ -9,6 +9,7 @@ from typing import Any
 
 from labkit.io import atomic_write_text
 from labkit.tracking.base import Tracker
+from labkit.tracking.curves import plot_curves
 
 
 def _plain(value: Any) -> Any:
@@ -70,6 +71,4 @@ class FileTracker(Tracker):
 
     def finish(self, status):
         if self.plot and self.history:
-            from labkit.analysis.curves import plot_curves
-
             plot_curves(self.history, self.run_dir / "curves.png")

@@ -25,10 +25,6 @@ def _has_credentials() -> bool:
         return False
 
 
-#: logger.wandb.mode: auto is online with credentials, offline without
-MODES = ("auto", "online", "offline", "disabled")
-
-
 def resolve_mode(mode: str | None) -> str:
     """The W&B mode to run in: the env var, else the config, with ``auto`` decided by credentials."""
     env = os.environ.get("WANDB_MODE")

@@ -1,4 +1,9 @@
-"""The two steps every labkit figure shares: a headless pyplot, and saving then closing."""
+"""The two steps every labkit figure shares: a headless pyplot, and saving then closing.
+
+On the tracking floor because a run's own figures (``curves.png``) are files it leaves behind;
+analysis, the commands and the report draw with the same two steps. matplotlib is imported on
+first use: a run that draws nothing never pays for it.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,16 @@
-"""Device choice and seeding: the two things every run sets before building anything."""
+"""``trainer.device``: which devices this machine has, and the ``torch.device`` a name means.
+
+Part of configuration because validation asks it (README: ``trainer.device=cuda`` without CUDA
+is one line and exit status 2 before the run folder is written), and the run builder uses the
+same function to place the run.
+"""
 
 from __future__ import annotations
 
-import os
-import random
-
-import numpy as np
 import torch
 
+from labkit.config.choices import DEVICES
 from labkit.errors import ConfigError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:
@@ -30,8 +30,8 @@ def available_devices() -> list[str]:
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit but absent device is an error."""
     base = str(name).split(":")[0]
-    if base not in DEVICE_CHOICES:
-        raise ConfigError(f"trainer.device={name!r} is not one of {', '.join(DEVICE_CHOICES)}")
+    if base not in DEVICES:
+        raise ConfigError(f"trainer.device={name!r} is not one of {', '.join(DEVICES)}")
     if base == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -42,14 +42,3 @@ def resolve_device(name: str) -> torch.device:
             f"{', '.join(available_devices())} (or auto)"
         )
     return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; ``deterministic`` also asks torch for repeatable kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False

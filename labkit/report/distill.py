@@ -1,5 +1,5 @@
-"""Which method works for this pair: each method's test accuracy over seeds and its paired
-difference to the baseline student, with a 95 % confidence interval.
+"""Distillation jobs read together: mean and spread over seeds of one method, or which method
+works for a teacher-student pair (``labkit-report distill DIR...``, ``methods.md``).
 
 Every distillation job trains (or reuses) the baseline student of its own seed, so the
 difference ``distilled - baseline`` of one job is a paired one; over the ``n`` seeds of a
@@ -8,29 +8,40 @@ method its mean gets a Student-t interval ``mean +- t(0.975, n - 1) * sd / sqrt(
 
 from __future__ import annotations
 
-import logging
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
+from labkit.distill.report import LABELS, method_name
+from labkit.report.jobs import load_jobs
 from labkit.report.stats import estimate
 
-log = logging.getLogger(__name__)
+
+def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every distillation summary.json under ``roots`` (run directories or folders above them)."""
+    return [job.summary for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
 
 
-def _method(job: dict[str, Any]) -> str:
-    if job.get("method_label"):
-        return str(job["method_label"])
-    return f"kd (T={job.get('temperature', 0):g}, alpha={job.get('alpha', 0):g})"
-
-
-def _mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` (sample sd; 0 for one value), two decimals."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def seeds_table(jobs: list[dict[str, Any]]) -> str:
+    """Mean ± standard deviation over jobs of test accuracy (%) per stage, gain and gap closed."""
+    rows = [f"| model | test acc (%), mean ± sd over {len(jobs)} runs | params |", "|---|---:|---:|"]
+    for stage, label in LABELS.items():
+        accs = [100 * j[f"{stage}_test_acc"] for j in jobs]
+        rows.append(f"| {label} | {mean_sd(accs)} | {jobs[0][f'{stage}_params']:,} |")
+    gains = [j["distill_gain_pp"] for j in jobs]
+    wins = sum(g > 0 for g in gains)
+    gaps = [j["gap_closed_pct"] for j in jobs if j.get("gap_closed_pct") is not None]
+    lines = ["", f"distilled - baseline: {mean_sd(gains)} points (better in {wins} of {len(jobs)} runs)"]
+    if gaps:
+        lines.append(f"teacher-student gap closed: {mean_sd(gaps)} %")
+    return "\n".join(rows + lines)
 
 
 def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
@@ -41,10 +52,10 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     teachers = sorted({round(100 * j["teacher_test_acc"], 4) for j in jobs})
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        groups.setdefault(_method(job), []).append(job)
+        groups.setdefault(method_name(job), []).append(job)
     rows = ["| student | seeds | test acc (%), mean ± sd | minus baseline (points) | 95 % CI | better |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| baseline (hard labels) | {len(baseline)} | {_mean_sd(list(baseline.values()))} | | | |"]
+            f"| baseline (hard labels) | {len(baseline)} | {mean_sd(list(baseline.values()))} | | | |"]
     ordered = sorted(groups.items(), key=lambda item: -statistics.mean(
         j["student_distill_test_acc"] for j in item[1]))
     for label, members in ordered:
@@ -53,7 +64,7 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
         interval = estimate(diffs)  # one job's difference is paired: same seed, same start
         ci = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval.low is not None else "n/a (1 seed)"
         wins = sum(d > 0 for d in diffs)
-        rows.append(f"| {label} | {len(members)} | {_mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
+        rows.append(f"| {label} | {len(members)} | {mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
                     f"{ci} | {wins} of {len(members)} |")
     teacher = ", ".join(f"{t:.2f}" for t in teachers)
     notes = [f"Teacher test accuracy: {teacher} %. Differences are paired by seed (each method's "
@@ -68,20 +79,3 @@ def write_methods_report(folder: Path, jobs: Sequence[dict[str, Any]]) -> Path:
     path = Path(folder) / "methods.md"
     path.write_text(f"# Distillation methods: {Path(folder).name}\n\n{methods_table(jobs)}\n")
     return path
-
-
-class MethodsReport(Callback):
-    """After a distillation multirun: methods.md in the sweep folder, and the table on the console
-    (``python -m labkit.distill.aggregate <folder>`` prints it again)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from labkit.distill.aggregate import find_job_summaries
-
-        folder = Path(config.hydra.sweep.dir)
-        try:
-            jobs = find_job_summaries([folder])
-            if jobs:
-                path = write_methods_report(folder, jobs)
-                print(path.read_text(), flush=True)
-        except Exception as exc:  # a report failure never fails the sweep it summarises
-            log.warning("no methods table for %s (%s: %s)", folder, type(exc).__name__, exc)

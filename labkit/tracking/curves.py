@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.analysis.figures import pyplot, save_figure
+from labkit.tracking.figures import pyplot, save_figure
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
