@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from hydra.utils import instantiate
 from torch import nn
 
 import labkit.distill.pipeline as pipeline
@@ -26,8 +27,10 @@ from labkit.distill.aggregate import seeds_table
 from labkit.distill.methods import Outputs, build_methods, ce_weight
 from labkit.distill.methods.kd import KD
 from labkit.distill.report import gap_closed
+from labkit.distill.stages import weights_sha256
 from labkit.distill.teacher import use_teacher_cache
-from labkit.engine import Engine
+from labkit.engine import Engine, save_checkpoint
+from labkit.engine.checkpoint import CHECKPOINT_FORMAT
 from labkit.errors import CheckpointError, ConfigError
 from labkit.models import FlexibleMLP
 
@@ -265,6 +268,23 @@ def test_teacher_from_checkpoint_is_evaluated_not_trained(data_root, tmp_path, r
     with pytest.raises(CheckpointError, match="another architecture"):
         pipeline.distill(compose_distill(data_root, tmp_path / "third", "teacher.width=40",
                                          f"distill.teacher_ckpt={first / 'teacher.pth'}"))
+
+
+def test_teacher_ckpt_saved_from_a_ddp_wrapper_is_read(data_root, tmp_path, recorded_stages):
+    """``distill.teacher_ckpt`` reads any labkit checkpoint as eval.py does: a state dict saved from
+    DistributedDataParallel (``module.``) or torch.compile (``_orig_mod.``) loads into the plain model."""
+    torch.manual_seed(0)
+    weights = instantiate(compose_distill(data_root, tmp_path / "unused").teacher).state_dict()
+    ckpt = tmp_path / "ddp_teacher.pt"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2,
+                     "model": {f"module.{k}": v for k, v in weights.items()}}, ckpt)
+    run_dir = tmp_path / "run"
+    summary = pipeline.distill(compose_distill(data_root, run_dir, "trainer.epochs=1",
+                                               f"distill.teacher_ckpt={ckpt}"))
+    teacher = torch.load(run_dir / "teacher.pth", weights_only=True)
+    assert teacher["summary"]["status"] == "loaded" and "teacher" not in recorded_stages
+    assert teacher["summary"]["weights_sha256"] == weights_sha256(weights)
+    assert summary["stages_run"] == list(STAGES)
 
 
 @pytest.mark.slow

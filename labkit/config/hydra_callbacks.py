@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
+
+from labkit.errors import ConfigError, exit_on
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,8 @@ class OutputDirCheck(Callback):
 
         reason = writable_folder_problem(parent)
         if reason is not None:
-            print(f"error: cannot write the output folder {parent} ({reason}); choose another with "
-                  f"paths.log_dir=DIR or {key}=DIR", file=sys.stderr)
-            sys.exit(2)
+            exit_on(ConfigError(f"cannot write the output folder {parent} ({reason}); choose another "
+                                f"with paths.log_dir=DIR or {key}=DIR"))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")
@@ -49,7 +48,6 @@ class ConfigCheck(Callback):
 
         from labkit.config.schema import ENTRY_POINTS
         from labkit.config.validate import validate_config
-        from labkit.errors import ConfigError
 
         if config_name not in ENTRY_POINTS:  # tests/test_config_errors.py asks every script for one
             log.warning("no schema for %s.yaml in labkit/config/schema.py: its keys are not checked",
@@ -64,7 +62,4 @@ class ConfigCheck(Callback):
         try:
             validate_config(cfg, config_name)
         except ConfigError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_on(exc)

@@ -34,9 +34,7 @@ from labkit.distill.methods import (
 from labkit.distill.report import write_comparison
 from labkit.distill.stages import (
     load_stage,
-    model_state_from_checkpoint,
     save_stage,
-    stage_path,
     stage_settings,
     stored_stage_path,
     teacher_config,
@@ -49,6 +47,7 @@ from labkit.engine.checkpoint import load_model_weights
 from labkit.engine.engine import Criterion
 from labkit.errors import ConfigError
 from labkit.run import PreparedModel, Runtime, build_engine, build_model, build_trackers, fit_and_test
+from labkit.run_folder import load_model_state, stage_path
 from labkit.tracking import TrackerGroup, config_tree, write_json
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ def run_teacher(ctx: Context) -> dict[str, Any]:
     seed_everything(seed, ctx.cfg.trainer.deterministic)
     teacher = build_role(ctx, "teacher")
     if ckpt:
-        load_model_weights(teacher.module, model_state_from_checkpoint(ckpt), ckpt)
+        load_model_weights(teacher.module, load_model_state(ckpt), ckpt)  # DDP / compile prefixes stripped
         summary, history = evaluate_stage(ctx, "teacher", teacher, str(ckpt)), []
     else:  # with its own seed and number of epochs (distill.teacher_seed / teacher_epochs)
         summary, history = train_stage(replace(ctx, cfg=teacher_config(ctx.cfg)), "teacher", teacher,

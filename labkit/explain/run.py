@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from labkit.config.validate import validate_config
-from labkit.engine import load_checkpoint
-from labkit.errors import CheckpointError, ConfigError, LabkitError
-from labkit.evaluation import STAGE_ROLES, RebuiltRun, rebuild_run
+from labkit.errors import CheckpointError, ConfigError, LabkitError, exit_on
+from labkit.evaluation import RebuiltRun, rebuild_run
 from labkit.explain.faithfulness import BASELINES, faithfulness
 from labkit.explain.figures import plot_comparison, plot_curves, plot_grid
 from labkit.explain.methods import (
@@ -39,6 +37,15 @@ from labkit.explain.methods import (
     upsample,
 )
 from labkit.models import count_parameters
+from labkit.run_folder import (
+    STAGE_ROLES,
+    checkpoint_label,
+    checkpoint_path,
+    load_model_state,
+    run_checkpoint,
+    run_dir_of,
+    stage_path,
+)
 from labkit.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -69,24 +76,18 @@ class Source:
     @property
     def run_dir(self) -> Path:
         """The run folder the checkpoint belongs to (a distillation run for a stage's)."""
-        path = self.weights or self.ckpt
-        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return folder.parent if folder.name in STAGE_ROLES else folder
-
-
-def _checkpoint_label(path: Path) -> str:
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+        return run_dir_of(self.weights or self.ckpt)
 
 
 def distill_run_sources(folder: Path) -> list[Source]:
     """A distillation run folder's finished stages: weights from ``<stage>.pth`` (the tested
     weights), the config from that stage's engine checkpoint, or any stage's (a teacher loaded
     from ``distill.teacher_ckpt`` has none; the students' configs hold its model node)."""
-    configs = [p for stage in STAGE_ROLES for name in ("last.pt", "best.pt")
-               if (p := folder / stage / "checkpoints" / name).is_file()]
+    configs = [p for stage in STAGE_ROLES for name in ("last", "best")
+               if (p := checkpoint_path(folder / stage, name)).is_file()]
     sources = []
     for stage, role in STAGE_ROLES.items():
-        weights = folder / f"{stage}.pth"
+        weights = stage_path(folder, stage)
         own = [p for p in configs if p.parent.parent.name == stage]
         if not weights.is_file() and not own:
             continue
@@ -98,12 +99,6 @@ def distill_run_sources(folder: Path) -> list[Source]:
         raise CheckpointError(f"{folder} is a folder but not a distillation run (no teacher.pth, "
                               f"student_baseline.pth, student_distill.pth): pass a checkpoint file")
     return sources
-
-
-def run_checkpoint(folder: Path) -> Path | None:
-    """A ``train.py`` run folder's ``checkpoints/best.pt`` (else ``last.pt``), if it has one."""
-    found = [folder / "checkpoints" / name for name in ("best.pt", "last.pt")]
-    return next((p for p in found if p.is_file()), None)
 
 
 def expand_sources(ckpt_path: Any, labels: Sequence[str] | None = None) -> list[Source]:
@@ -122,7 +117,7 @@ def expand_sources(ckpt_path: Any, labels: Sequence[str] | None = None) -> list[
         elif not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
         else:
-            sources.append(Source(_checkpoint_label(path), path))
+            sources.append(Source(checkpoint_label(path), path))
     if labels:
         if len(labels) != len(sources):
             raise ConfigError(f"explain.labels has {len(labels)} names for {len(sources)} models "
@@ -154,8 +149,7 @@ class OwnRunFolder(Callback):
             sources = expand_sources(entries)
             check_own_folder(config.hydra.run.dir, sources)
         except LabkitError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_on(exc)
 
 
 @dataclass
@@ -172,11 +166,8 @@ def load_source(source: Source, cfg: DictConfig) -> Explained:
     """Rebuild the model as its run built it, in fp32 and uncompiled (attribution wants exact
     gradients and hooks), with the checkpoint's weights; check it is a CNN and has the layer."""
     run = rebuild_run(source.ckpt, cfg.data, cfg.trainer.device, role=source.role)
-    if source.weights is not None:
-        record = load_checkpoint(source.weights, require_format=False)
-        if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
-            raise CheckpointError(f"{source.weights} holds no model weights")
-        run = dataclasses.replace(run, state={**run.state, "model": record["model"]})
+    if source.weights is not None:  # the stage file's tested weights, with the checkpoint's config
+        run = dataclasses.replace(run, state={**run.state, "model": load_model_state(source.weights)})
     rt = dataclasses.replace(run.rt, precision="fp32", compile=False)
     model = run.model(rt).module.eval()
     require_cnn(model, f"checkpoint {source.weights or source.ckpt}")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, print_error
 from labkit.report.jobs import ReportError, load_jobs
 
 
@@ -92,5 +92,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except LabkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return print_error(exc)
