@@ -287,6 +287,22 @@ def test_teacher_ckpt_saved_from_a_ddp_wrapper_is_read(data_root, tmp_path, reco
     assert summary["stages_run"] == list(STAGES)
 
 
+def test_a_stage_that_raises_leaves_a_failed_summary_in_its_folder(data_root, tmp_path, monkeypatch):
+    def broken(self, logits, batch):
+        raise RuntimeError("the criterion broke")
+
+    monkeypatch.setattr(DistillationCriterion, "__call__", broken)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="the criterion broke"):
+        pipeline.distill(compose_distill(data_root, run_dir))
+    failed = json.loads((run_dir / "student_distill" / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: the criterion broke"
+    assert failed["stage"] == "student_distill" and failed["epochs_completed"] == 0
+    assert not (run_dir / "student_distill.pth").exists()  # the stage runs again next time
+    for stage in ("teacher", "student_baseline"):
+        assert json.loads((run_dir / stage / "summary.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.slow
 def test_distill_command_sweeps_and_leaves_every_file(data_root, tmp_path):
     result = run_cli("distill.py", "-m", "distill.kd.temperature=2,4", "distill.kd.alpha=0.5",
