@@ -19,7 +19,8 @@ def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
     return [job.summary for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
 
 
-def _mean_spread(values: list[float]) -> str:
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` with two decimals (sd 0 for a single value)."""
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
@@ -29,13 +30,13 @@ def seeds_table(jobs: list[dict[str, Any]]) -> str:
     rows = [f"| model | test acc (%), mean ± sd over {len(jobs)} runs | params |", "|---|---:|---:|"]
     for stage, label in LABELS.items():
         accs = [100 * j[f"{stage}_test_acc"] for j in jobs]
-        rows.append(f"| {label} | {_mean_spread(accs)} | {jobs[0][f'{stage}_params']:,} |")
+        rows.append(f"| {label} | {mean_sd(accs)} | {jobs[0][f'{stage}_params']:,} |")
     gains = [j["distill_gain_pp"] for j in jobs]
     wins = sum(g > 0 for g in gains)
     gaps = [j["gap_closed_pct"] for j in jobs if j.get("gap_closed_pct") is not None]
-    lines = ["", f"distilled - baseline: {_mean_spread(gains)} points (better in {wins} of {len(jobs)} runs)"]
+    lines = ["", f"distilled - baseline: {mean_sd(gains)} points (better in {wins} of {len(jobs)} runs)"]
     if gaps:
-        lines.append(f"teacher-student gap closed: {_mean_spread(gaps)} %")
+        lines.append(f"teacher-student gap closed: {mean_sd(gaps)} %")
     return "\n".join(rows + lines)
 
 

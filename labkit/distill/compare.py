@@ -17,20 +17,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from labkit.distill.aggregate import mean_sd
+from labkit.distill.report import method_name
 from labkit.report.stats import estimate
 
 log = logging.getLogger(__name__)
-
-
-def _method(job: dict[str, Any]) -> str:
-    if job.get("method_label"):
-        return str(job["method_label"])
-    return f"kd (T={job.get('temperature', 0):g}, alpha={job.get('alpha', 0):g})"
-
-
-def _mean_sd(values: Sequence[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
 def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
@@ -41,10 +32,10 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     teachers = sorted({round(100 * j["teacher_test_acc"], 4) for j in jobs})
     groups: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        groups.setdefault(_method(job), []).append(job)
+        groups.setdefault(method_name(job), []).append(job)
     rows = ["| student | seeds | test acc (%), mean ± sd | minus baseline (points) | 95 % CI | better |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| baseline (hard labels) | {len(baseline)} | {_mean_sd(list(baseline.values()))} | | | |"]
+            f"| baseline (hard labels) | {len(baseline)} | {mean_sd(list(baseline.values()))} | | | |"]
     ordered = sorted(groups.items(), key=lambda item: -statistics.mean(
         j["student_distill_test_acc"] for j in item[1]))
     for label, members in ordered:
@@ -53,7 +44,7 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
         interval = estimate(diffs)  # one job's difference is paired: same seed, same start
         ci = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval.low is not None else "n/a (1 seed)"
         wins = sum(d > 0 for d in diffs)
-        rows.append(f"| {label} | {len(members)} | {_mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
+        rows.append(f"| {label} | {len(members)} | {mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
                     f"{ci} | {wins} of {len(members)} |")
     teacher = ", ".join(f"{t:.2f}" for t in teachers)
     notes = [f"Teacher test accuracy: {teacher} %. Differences are paired by seed (each method's "
