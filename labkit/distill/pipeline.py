@@ -54,7 +54,6 @@ from labkit.tracking import config_tree, write_json
 log = logging.getLogger(__name__)
 
 
-
 def distill(cfg: DictConfig) -> dict[str, Any]:
     """Run the three stages (skipping finished ones), write the comparison; returns the summary."""
     validate_config(cfg, "distill")
@@ -82,7 +81,6 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-
 @dataclass
 class Context:
     """What every stage shares: config, run directory, data (on the job's runtime), console."""
@@ -107,7 +105,6 @@ class Context:
                           group=self.wandb_group, name=f"{self.wandb_group}/{stage}")
 
 
-
 @dataclass
 class Outcome:
     """A stage's record (``summary``, ``history``; the teacher's also its ``model`` weights) and
@@ -115,7 +112,6 @@ class Outcome:
 
     record: dict[str, Any]
     ran: bool = False
-
 
 
 def run_teacher(ctx: Context) -> Outcome:
@@ -140,7 +136,6 @@ def run_teacher(ctx: Context) -> Outcome:
     summary["weights_sha256"] = weights_sha256(teacher.module.state_dict())
     save(ctx, "teacher", teacher.module, summary, history, settings, to_store=not ckpt)
     return Outcome({"summary": summary, "history": history, "model": teacher.module.state_dict()}, ran=True)
-
 
 
 def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
@@ -177,12 +172,10 @@ def run_student(ctx: Context, stage: str, init_state: dict[str, torch.Tensor],
     return Outcome({"summary": summary, "history": history}, ran=True)
 
 
-
 def fresh_student_state(ctx: Context) -> dict[str, torch.Tensor]:
     """The one initialisation both students start from (seeded, built once, copied)."""
     seed_everything(ctx.seed, ctx.cfg.trainer.deterministic)
     return copy.deepcopy(instantiate(ctx.cfg.student).state_dict())
-
 
 
 def combined_summary(outcomes: dict[str, Outcome]) -> dict[str, Any]:
@@ -216,11 +209,9 @@ def combined_summary(outcomes: dict[str, Outcome]) -> dict[str, Any]:
     return summary
 
 
-
 def build_role(ctx: Context, role: str) -> PreparedModel:
     """The ``teacher`` or ``student`` model, on the device with the run's fast path."""
     return build_model(ctx.cfg[role], ctx.rt, role)
-
 
 
 def stage_info(ctx: Context, stage: str, model: PreparedModel) -> dict[str, Any]:
@@ -229,7 +220,6 @@ def stage_info(ctx: Context, stage: str, model: PreparedModel) -> dict[str, Any]
     if isinstance(model.module, DistilledStudent):
         model = PreparedModel(model.module.student, model.fast_path, model.device)
     return {"stage": stage, **model.info(), **ctx.data.sizes()}
-
 
 
 def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion: Criterion | None = None,
@@ -246,13 +236,11 @@ def train_stage(ctx: Context, stage: str, model: PreparedModel, criterion: Crite
                         extra_state={"stage": stage})
 
 
-
 def evaluate_stage(ctx: Context, stage: str, model: PreparedModel, source: str) -> dict[str, Any]:
     """Test a model that was loaded, not trained (the teacher from ``distill.teacher_ckpt``)."""
     run = ctx.stage_run(stage, {**stage_info(ctx, stage, model), "source": source})
     ctx.console.rule(f"[bold]{stage} (loaded from {source})")
     return run_evaluation(ctx.cfg, ctx.data, model, run)
-
 
 
 def skip(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +249,6 @@ def skip(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
     ctx.console.print(f"{stage}: {stage_path(ctx.run_dir, stage)} exists, not training it again "
                       f"(distill.force=true retrains)", highlight=False)
     return record
-
 
 
 def from_store(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -276,7 +263,6 @@ def from_store(ctx: Context, stage: str, settings: dict[str, Any]) -> dict[str, 
     return record
 
 
-
 def save(ctx: Context, stage: str, model: nn.Module, summary: dict[str, Any],
          history: list[dict[str, Any]], settings: dict[str, Any], to_store: bool = False) -> None:
     """Write ``<stage>.pth`` (rank 0), and a copy into ``distill.stage_store`` when asked."""
@@ -289,13 +275,11 @@ def save(ctx: Context, stage: str, model: nn.Module, summary: dict[str, Any],
                    path=stored_stage_path(store, stage, settings))
 
 
-
 def check_methods_apply(ctx: Context) -> None:
     """Fail before any training when a feature method cannot apply to the configured pair."""
     if needs_features(ctx.cfg.distill.method):
         example = example_inputs(ctx).cpu().float()
         distillation_terms(ctx.cfg, instantiate(ctx.cfg.teacher), instantiate(ctx.cfg.student), example)
-
 
 
 def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedModel
@@ -339,7 +323,6 @@ def distillation_setup(ctx: Context, teacher: PreparedModel, student: PreparedMo
     return trained, criterion, info
 
 
-
 def distillation_terms(cfg: DictConfig, teacher: nn.Module, student: nn.Module,
                        example: torch.Tensor) -> list[DistillMethod]:
     """The loss terms ``distill.method`` names for this pair; feature methods read the shapes at
@@ -352,11 +335,9 @@ def distillation_terms(cfg: DictConfig, teacher: nn.Module, student: nn.Module,
                          student_name=f"the student ({type(student).__name__})")
 
 
-
 def example_inputs(ctx: Context) -> torch.Tensor:
     """Two test images (the test loader draws no random numbers), to probe feature shapes."""
     return next(iter(ctx.data.datamodule.loader("test"))).inputs[:2]
-
 
 
 def wandb_group_name(cfg: DictConfig, run_dir: Path) -> str:
