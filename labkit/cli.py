@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from labkit.errors import LabkitError, RunInterrupted
-from labkit.tracking import write_json
+from labkit.errors import LabkitError, RunInterrupted, exit_on
+from labkit.run_folder import mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +22,6 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def record_failed_job(run_dir: Path, exc: BaseException) -> dict[str, Any]:
-    """Mark the job's summary.json failed with the error, keeping what the task already wrote."""
-    path = run_dir / "summary.json"
-    summary: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            summary = {}
-    if summary.get("status") in (None, "completed", "diverged"):
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, summary)
-    return summary
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -66,13 +47,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         summary = task(cfg)
     except Exception as exc:
         if in_multirun() and not isinstance(exc, RunInterrupted):
-            record_failed_job(_output_dir(cfg), exc)
+            mark_failed(_output_dir(cfg), exc)
             log.error("job failed, the sweep goes on: %s: %s", type(exc).__name__, exc,
                       exc_info=not isinstance(exc, LabkitError))
             return math.nan if metric else None
-        if not isinstance(exc, LabkitError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        exit_on(exc)
     value = summary.get(metric) if metric else None
     return float(value) if isinstance(value, int | float) else None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import NoReturn
+
 
 class LabkitError(Exception):
     """Base class of user-facing errors; ``exit_code`` is what the command exits with."""
@@ -48,3 +52,17 @@ class RunInterrupted(LabkitError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def print_error(exc: LabkitError) -> int:
+    """Print a user error as the one line ``error: ...`` on stderr; returns its exit status."""
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
+def exit_on(exc: BaseException) -> NoReturn:
+    """End a command on ``exc``: a user error as one line and its exit status; any other exception,
+    or any at all under ``HYDRA_FULL_ERROR=1``, raised again with its traceback."""
+    if not isinstance(exc, LabkitError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    sys.exit(print_error(exc))

@@ -20,6 +20,7 @@ from labkit.engine import load_checkpoint
 from labkit.engine.checkpoint import load_model_weights
 from labkit.errors import CheckpointError
 from labkit.run import PreparedModel, Runtime, build_engine, build_model
+from labkit.run_folder import STAGE_ROLES, model_weights
 from labkit.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -33,28 +34,6 @@ def eval_device(cfg: DictConfig) -> str:
         log.warning("eval.py: device=%s is the old name; use trainer.device=%s", old, old)
         return str(old)
     return str(OmegaConf.select(cfg, "trainer.device", default="auto"))
-
-
-#: wrappers whose state dicts prefix every key: DistributedDataParallel and torch.compile
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-#: the model node of a distillation stage's checkpoint (its config has teacher/student, no model)
-STAGE_ROLES = {"teacher": "teacher", "student_baseline": "student", "student_distill": "student"}
-
-
-def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """The state dict of the plain model: ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``)
-    dropped from the front of every key that carries them, in any nesting.
-
-    labkit's own checkpoints hold the plain model's keys (compile runs in place, the engine saves
-    the module inside DDP), but a state dict saved from a wrapper elsewhere carries the prefixes.
-    """
-    def plain(key: str) -> str:
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        return key
-
-    return {plain(k): v for k, v in state_dict.items()}
 
 
 @dataclass
@@ -82,7 +61,7 @@ class RebuiltRun:
         """The model, built as the run built it (on ``rt``, default the run's runtime), with the
         checkpoint's weights (wrapper prefixes stripped)."""
         prepared = build_model(self.model_node, rt or self.rt, self.role)
-        load_model_weights(prepared.module, strip_wrapper_prefixes(self.state["model"]), self.path)
+        load_model_weights(prepared.module, model_weights(self.state, self.path), self.path)
         return prepared
 
 

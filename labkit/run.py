@@ -225,6 +225,9 @@ def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on:
     ``status`` is ``completed``, or ``diverged`` (with a ``warning``) when :func:`divergence` says
     so: a finite blow-up must not read as a finished experiment.
     """
+    if test_on == "best" and val_loader is None:  # validate_config refuses it; programs may not ask
+        raise ConfigError("trainer.test_on=best needs validation data: set data.val_size > 0 or "
+                          "trainer.test_on=last")
     start = time.perf_counter()
     engine.fit(train_loader, val_loader)
     if test_on == "best":

@@ -55,6 +55,7 @@ CASES = [
     ("train", ["trainer.eval_flip=sometimes"], "trainer.eval_flip='sometimes'"),
     ("train", ["trainer.compile=maybe"], "trainer.compile='maybe'"),
     ("train", ["trainer.test_on=worst"], "trainer.test_on='worst' is invalid: expected best or last"),
+    ("train", ["data.val_size=0"], "trainer.test_on='best' is invalid with data.val_size=0: no validation"),
     ("train", ["trainer.strategy=fsdp"], "trainer.strategy='fsdp' is invalid: expected auto or ddp"),
     ("train", ["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0"),
     ("train", ["trainer.ckpt_path=/no/such/last.pt"], "trainer.ckpt_path='/no/such/last.pt' is invalid"),
@@ -112,6 +113,7 @@ CASES = [
     ("distill", ["teacher.depth=0"], "teacher.depth=0"),
     ("distill", ["student.activation=foo"], "student.activation='foo'"),
     ("distill", ["trainer.grad_clip=-1"], "trainer.grad_clip=-1"),
+    ("distill", ["data.val_size=0"], "trainer.test_on='best' is invalid with data.val_size=0"),
     ("distill", ["paths.output_dir=/proc/x"], "paths.output_dir='/proc/x'"),
     # eval.py
     ("eval", [], "ckpt_path is missing: expected the path of an existing checkpoint file"),

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from hydra.utils import instantiate
 from torch import nn
 
 import labkit.distill.pipeline as pipeline
@@ -25,8 +26,10 @@ from labkit.distill import (
 from labkit.distill.methods import Outputs, build_methods, ce_weight
 from labkit.distill.methods.kd import KD
 from labkit.distill.report import gap_closed
+from labkit.distill.stages import weights_sha256
 from labkit.distill.teacher import use_teacher_cache
-from labkit.engine import Engine
+from labkit.engine import Engine, save_checkpoint
+from labkit.engine.checkpoint import CHECKPOINT_FORMAT
 from labkit.errors import CheckpointError, ConfigError
 from labkit.models import FlexibleMLP
 from labkit.report.distill import seeds_table
@@ -265,6 +268,39 @@ def test_teacher_from_checkpoint_is_evaluated_not_trained(data_root, tmp_path, r
     with pytest.raises(CheckpointError, match="another architecture"):
         pipeline.distill(compose_distill(data_root, tmp_path / "third", "teacher.width=40",
                                          f"distill.teacher_ckpt={first / 'teacher.pth'}"))
+
+
+def test_teacher_ckpt_saved_from_a_ddp_wrapper_is_read(data_root, tmp_path, recorded_stages):
+    """``distill.teacher_ckpt`` reads any labkit checkpoint as eval.py does: a state dict saved from
+    DistributedDataParallel (``module.``) or torch.compile (``_orig_mod.``) loads into the plain model."""
+    torch.manual_seed(0)
+    weights = instantiate(compose_distill(data_root, tmp_path / "unused").teacher).state_dict()
+    ckpt = tmp_path / "ddp_teacher.pt"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2,
+                     "model": {f"module.{k}": v for k, v in weights.items()}}, ckpt)
+    run_dir = tmp_path / "run"
+    summary = pipeline.distill(compose_distill(data_root, run_dir, "trainer.epochs=1",
+                                               f"distill.teacher_ckpt={ckpt}"))
+    teacher = torch.load(run_dir / "teacher.pth", weights_only=True)
+    assert teacher["summary"]["status"] == "loaded" and "teacher" not in recorded_stages
+    assert teacher["summary"]["weights_sha256"] == weights_sha256(weights)
+    assert summary["stages_run"] == list(STAGES)
+
+
+def test_a_stage_that_raises_leaves_a_failed_summary_in_its_folder(data_root, tmp_path, monkeypatch):
+    def broken(self, logits, batch):
+        raise RuntimeError("the criterion broke")
+
+    monkeypatch.setattr(DistillationCriterion, "__call__", broken)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="the criterion broke"):
+        pipeline.distill(compose_distill(data_root, run_dir))
+    failed = json.loads((run_dir / "student_distill" / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: the criterion broke"
+    assert failed["stage"] == "student_distill" and failed["epochs_completed"] == 0
+    assert not (run_dir / "student_distill.pth").exists()  # the stage runs again next time
+    for stage in ("teacher", "student_baseline"):
+        assert json.loads((run_dir / stage / "summary.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.slow

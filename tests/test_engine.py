@@ -218,3 +218,29 @@ def test_best_weights_are_a_cpu_copy():
         kept = engine.best_state[key]
         assert kept.device.type == "cpu" and torch.equal(kept, value)
         assert kept.data_ptr() != value.data_ptr()  # a copy, not the live weights
+
+
+def test_without_validation_no_weights_are_called_best(tmp_path):
+    """``data.val_size=0``: no best epoch and no best.pt; the training accuracy is never reported
+    as ``best_val_acc``, and testing the "best" weights is refused rather than done on last ones."""
+    from labkit.errors import ConfigError
+    from labkit.run import fit_and_test
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    loader = TensorLoader(images, torch.randint(0, 10, (64,)), 16, [0.5], [0.25])
+    model = FlexibleMLP(depth=1, width=8)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="trainer.test_on=best needs validation data"):
+        fit_and_test(engine, loader, None, loader, "best")
+    summary = fit_and_test(engine, loader, None, loader, "last")
+    assert summary["best_val_acc"] is None and summary["best_epoch"] is None
+    assert summary["final_val_acc"] is None and summary["epochs_completed"] == 2
+    assert (tmp_path / "last.pt").is_file() and not (tmp_path / "best.pt").exists()
+    state = load_checkpoint(tmp_path / "last.pt")
+    resumed = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1), epochs=3)
+    resumed.load_state_dict(state)
+    assert resumed.best_val_acc is None and resumed.best_epoch is None
+    # a checkpoint from before this fix stored the training accuracy as best_val_acc: not read as one
+    resumed.load_state_dict({**state, "best_val_acc": 0.7, "best_epoch": 2})
+    assert resumed.best_val_acc is None

@@ -31,7 +31,10 @@ LAYERS: dict[str, int] = {
     "labkit.engine": 2,
     "labkit.analysis": 3,  # per-run measurements that plug into the engine as callbacks
     "labkit.run": 3,  # the run builder
-    "labkit.training": 3,  # the stage runner
+    "labkit.training": 3,  # train.py's command, through the stage runner
+    "labkit.runner": 3,  # the one stage runner
+    "labkit.run_folder": 3,  # run folders, statuses and checkpoint weights (read by the report)
+    "labkit.provenance": 1,  # where a run came from: a record beside tracking's files
     "labkit.distill": 4,  # the commands
     "labkit.explain": 4,
     "labkit.evaluation": 4,
@@ -99,7 +102,9 @@ def with_parent_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def floor(module: str) -> int:
     """The floor of ``module``: that of its longest prefix in :data:`LAYERS`."""
     parts = module.split(".")
-    for end in range(len(parts), 0, -1):
+    if module == "labkit":
+        return LAYERS["labkit"]
+    for end in range(len(parts), 1, -1):  # "labkit" alone is the root, not a catch-all
         if ".".join(parts[:end]) in LAYERS:
             return LAYERS[".".join(parts[:end])]
     raise KeyError(f"{module} has no floor in LAYERS: add its package")

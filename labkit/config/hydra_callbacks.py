@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from labkit.config.schema import ENTRY_POINTS
 from labkit.config.validate import validate_config, writable_folder_problem
-from labkit.errors import ConfigError
+from labkit.errors import ConfigError, exit_on
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +29,8 @@ class OutputDirCheck(Callback):
         parent = Path(target).expanduser().parent
         reason = writable_folder_problem(parent)
         if reason is not None:
-            print(f"error: cannot write the output folder {parent} ({reason}); choose another with "
-                  f"paths.log_dir=DIR or {key}=DIR", file=sys.stderr)
-            sys.exit(2)
+            exit_on(ConfigError(f"cannot write the output folder {parent} ({reason}); choose another "
+                                f"with paths.log_dir=DIR or {key}=DIR"))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir, "hydra.run.dir")
@@ -61,7 +58,4 @@ class ConfigCheck(Callback):
         try:
             validate_config(cfg, config_name)
         except ConfigError as exc:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_on(exc)

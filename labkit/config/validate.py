@@ -61,6 +61,17 @@ def writable_folder_problem(folder: Path) -> str | None:
     return None
 
 
+def check_best_has_validation(values: dict) -> None:
+    """``trainer.test_on=best`` tests the weights of the best validation epoch: with
+    ``data.val_size=0`` there is none, and choosing on training accuracy would report it under a
+    validation name."""
+    data, trainer = values.get("data") or {}, values.get("trainer") or {}
+    if data.get("val_size") == 0 and trainer.get("test_on") == "best":
+        raise ConfigError("trainer.test_on='best' is invalid with data.val_size=0: no validation data to "
+                          "choose the best weights on; hold images out (data.val_size=N) or test the last "
+                          "weights (trainer.test_on=last)")
+
+
 def validate_config(cfg: DictConfig, entry: str | None = None) -> None:
     """Raise :class:`ConfigError` on the first key that is unknown or holds a disallowed value.
 
@@ -70,6 +81,7 @@ def validate_config(cfg: DictConfig, entry: str | None = None) -> None:
     entry = entry if entry in ENTRY_POINTS else entry_of(cfg)
     values = {k: v for k, v in resolved(cfg).items() if k not in IGNORED_ROOT_KEYS}
     ENTRY_POINTS[entry].check(values, "")
+    check_best_has_validation(values)
     for key in ("trainer.device", "device"):
         device = OmegaConf.select(cfg, key, default=None)
         if device is not None:

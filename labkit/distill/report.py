@@ -31,7 +31,7 @@ def method_name(summary: dict[str, Any]) -> str:
     """The method and its settings, e.g. ``kd (T=4, alpha=0.5); CE x 0.5``."""
     if summary.get("method_label"):
         return str(summary["method_label"])
-    # a stage from before methods
+    # a stage or job from before methods
     return f"kd (T={summary.get('temperature', 0):g}, alpha={summary.get('alpha', 0):g})"
 
 

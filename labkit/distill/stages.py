@@ -17,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from labkit.errors import CheckpointError, ConfigError
+from labkit.run_folder import STAGE_ROLES, stage_path
 
 STAGE_FORMAT = "labkit-distill-stage-v1"
-STAGES = ("teacher", "student_baseline", "student_distill")
+STAGES = tuple(STAGE_ROLES)
 
 # Keys that provably cannot change what a stage learns or how it tests: where things are read or
 # written, what is logged and how often, the evaluation batch size (evaluation runs in eval mode,
@@ -121,10 +122,6 @@ def stored_stage_path(store: str | Path, stage: str, settings: dict[str, Any]) -
     return Path(store).expanduser() / f"{stage}-{settings_fingerprint(settings)}.pth"
 
 
-def stage_path(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / f"{stage}.pth"
-
-
 def save_stage(run_dir: Path, stage: str, model: torch.nn.Module, summary: dict[str, Any],
                history: list[dict[str, Any]], settings: dict[str, Any], path: Path | None = None) -> Path:
     """Write ``<stage>.pth`` (or ``path``) atomically: the tested weights, summary, history and
@@ -157,14 +154,3 @@ def load_stage(run_dir: Path, stage: str, settings: dict[str, Any],
             f"distill.force=true to retrain every stage, or use a new run directory"
         )
     return record
-
-
-def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a labkit checkpoint (``last.pt`` / ``best.pt``), a stage file, or a bare
-    state dict, so ``distill.teacher_ckpt`` accepts a model trained by ``train.py``."""
-    state = load_checkpoint(Path(path).expanduser(), require_format=False)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        return state["model"]
-    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state
-    raise CheckpointError(f"{path} holds no model weights (expected a 'model' entry or a state dict)")

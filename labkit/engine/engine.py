@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -63,8 +64,10 @@ class Engine:
     reads them only every ``log_every_n_steps`` steps and at the end of an epoch, so CUDA never
     waits on Python. After each epoch ``last.pt`` is written atomically and copied to
     ``best.pt`` when the validation accuracy improves; the best weights are also kept on the
-    CPU for the test. The position inside an epoch lives in the (stateful) training loader.
-    With ``optimizer=None`` it only evaluates (eval.py, a loaded teacher).
+    CPU for the test. Without validation data there is no best epoch: ``best_val_acc`` stays None
+    (training accuracy is never reported under a validation name). The position inside an epoch
+    lives in the (stateful) training loader. With ``optimizer=None`` it only evaluates (eval.py,
+    a loaded teacher).
     """
 
     def __init__(
@@ -115,8 +118,8 @@ class Engine:
         self.extra_state = extra_state or {}
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.best_val_acc = float("-inf")
-        self.best_epoch = 0
+        self.best_val_acc: float | None = None
+        self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.train_time_s = 0.0
         self.train_samples = 0
@@ -311,8 +314,9 @@ class Engine:
                 log.exception("%s.on_fit_end failed after the fit failed", type(callback).__name__)
 
     def _track_best(self, row: dict[str, Any]) -> bool:
-        score = row.get("val_acc", row["train_acc"])
-        if score > self.best_val_acc:
+        """Keep the weights of the best validation accuracy so far; no validation, no best."""
+        score = row.get("val_acc")
+        if score is not None and (self.best_val_acc is None or score > self.best_val_acc):
             self.best_val_acc, self.best_epoch = score, self.epoch
             # on the CPU: a second copy of the weights must not take training-device memory
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -355,8 +359,7 @@ class Engine:
         if state.get("criterion") and hasattr(self.criterion, "load_state_dict"):
             self.criterion.load_state_dict(state["criterion"])  # e.g. a loss term's warm-up position
         self.epoch = int(state["epoch"])
-        self.best_val_acc = float(state["best_val_acc"])
-        self.best_epoch = int(state["best_epoch"])
+        self.best_val_acc, self.best_epoch = _best_of(state)
         self.history = list(state["history"])
         self.train_time_s = float(state.get("train_time_s", 0.0))
         self.train_samples = int(state.get("train_samples", 0))
@@ -387,3 +390,13 @@ class Engine:
     @property
     def throughput(self) -> float:
         return self.train_samples / max(self.train_time_s, 1e-9)
+
+
+def _best_of(state: dict[str, Any]) -> tuple[float | None, int | None]:
+    """A checkpoint's best validation accuracy and epoch; None for a run without validation (older
+    checkpoints stored -inf, or the training accuracy, which is not a validation figure)."""
+    history = state.get("history") or []
+    acc = state.get("best_val_acc")
+    if acc is None or not math.isfinite(acc) or not any("val_acc" in row for row in history):
+        return None, None
+    return float(acc), int(state["best_epoch"])

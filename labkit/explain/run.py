@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +26,8 @@ from rich.table import Table
 
 from labkit.config.choices import EXPLAIN_BASELINES as BASELINES
 from labkit.config.validate import validate_config
-from labkit.engine import load_checkpoint
-from labkit.errors import CheckpointError, ConfigError, LabkitError
-from labkit.evaluation import STAGE_ROLES, RebuiltRun, rebuild_run
+from labkit.errors import CheckpointError, ConfigError, LabkitError, exit_on
+from labkit.evaluation import RebuiltRun, rebuild_run
 from labkit.explain.faithfulness import faithfulness
 from labkit.explain.figures import plot_comparison, plot_curves, plot_grid
 from labkit.explain.methods import (
@@ -40,6 +38,15 @@ from labkit.explain.methods import (
     upsample,
 )
 from labkit.models import count_parameters
+from labkit.run_folder import (
+    STAGE_ROLES,
+    checkpoint_label,
+    checkpoint_path,
+    load_model_state,
+    run_checkpoint,
+    run_dir_of,
+    stage_path,
+)
 from labkit.tracking import write_json
 
 log = logging.getLogger(__name__)
@@ -70,24 +77,18 @@ class Source:
     @property
     def run_dir(self) -> Path:
         """The run folder the checkpoint belongs to (a distillation run for a stage's)."""
-        path = self.weights or self.ckpt
-        folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return folder.parent if folder.name in STAGE_ROLES else folder
-
-
-def _checkpoint_label(path: Path) -> str:
-    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+        return run_dir_of(self.weights or self.ckpt)
 
 
 def distill_run_sources(folder: Path) -> list[Source]:
     """A distillation run folder's finished stages: weights from ``<stage>.pth`` (the tested
     weights), the config from that stage's engine checkpoint, or any stage's (a teacher loaded
     from ``distill.teacher_ckpt`` has none; the students' configs hold its model node)."""
-    configs = [p for stage in STAGE_ROLES for name in ("last.pt", "best.pt")
-               if (p := folder / stage / "checkpoints" / name).is_file()]
+    configs = [p for stage in STAGE_ROLES for name in ("last", "best")
+               if (p := checkpoint_path(folder / stage, name)).is_file()]
     sources = []
     for stage, role in STAGE_ROLES.items():
-        weights = folder / f"{stage}.pth"
+        weights = stage_path(folder, stage)
         own = [p for p in configs if p.parent.parent.name == stage]
         if not weights.is_file() and not own:
             continue
@@ -99,12 +100,6 @@ def distill_run_sources(folder: Path) -> list[Source]:
         raise CheckpointError(f"{folder} is a folder but not a distillation run (no teacher.pth, "
                               f"student_baseline.pth, student_distill.pth): pass a checkpoint file")
     return sources
-
-
-def run_checkpoint(folder: Path) -> Path | None:
-    """A ``train.py`` run folder's ``checkpoints/best.pt`` (else ``last.pt``), if it has one."""
-    found = [folder / "checkpoints" / name for name in ("best.pt", "last.pt")]
-    return next((p for p in found if p.is_file()), None)
 
 
 def expand_sources(ckpt_path: Any, labels: Sequence[str] | None = None) -> list[Source]:
@@ -123,7 +118,7 @@ def expand_sources(ckpt_path: Any, labels: Sequence[str] | None = None) -> list[
         elif not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
         else:
-            sources.append(Source(_checkpoint_label(path), path))
+            sources.append(Source(checkpoint_label(path), path))
     if labels:
         if len(labels) != len(sources):
             raise ConfigError(f"explain.labels has {len(labels)} names for {len(sources)} models "
@@ -155,8 +150,7 @@ class OwnRunFolder(Callback):
             sources = expand_sources(entries)
             check_own_folder(config.hydra.run.dir, sources)
         except LabkitError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_on(exc)
 
 
 @dataclass
@@ -173,11 +167,8 @@ def load_source(source: Source, cfg: DictConfig) -> Explained:
     """Rebuild the model as its run built it, in fp32 and uncompiled (attribution wants exact
     gradients and hooks), with the checkpoint's weights; check it is a CNN and has the layer."""
     run = rebuild_run(source.ckpt, cfg.data, cfg.trainer.device, role=source.role)
-    if source.weights is not None:
-        record = load_checkpoint(source.weights, require_format=False)
-        if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
-            raise CheckpointError(f"{source.weights} holds no model weights")
-        run = dataclasses.replace(run, state={**run.state, "model": record["model"]})
+    if source.weights is not None:  # the stage file's tested weights, with the checkpoint's config
+        run = dataclasses.replace(run, state={**run.state, "model": load_model_state(source.weights)})
     rt = dataclasses.replace(run.rt, precision="fp32", compile=False)
     model = run.model(rt).module.eval()
     require_cnn(model, f"checkpoint {source.weights or source.ckpt}")
@@ -283,6 +274,41 @@ def check_settings(cfg: DictConfig) -> None:
     validate_config(cfg, "explain")
 
 
+@dataclass
+class Shown:
+    """The test images every run explains: where they are in the test set, the images (uint8 and
+    normalised), their labels, the removed-pixel baseline, and the grid's cells (one run)."""
+
+    names: list[str]
+    num_classes: int
+    pool: int
+    index: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    x: torch.Tensor
+    baseline: torch.Tensor
+    slots: list[list[int | None]] | None
+
+
+def choose_images(runs: Sequence[Explained], cfg: DictConfig) -> Shown:
+    """Side by side: ``2 x per_class`` test images per class; one run: per class its first correctly
+    and wrongly classified images among the first ``explain.pool`` test images."""
+    datamodule = runs[0].run.datamodule()
+    loader = datamodule.loader("test")
+    pool = min(int(cfg.explain.pool), loader.num_samples)
+    images, targets = loader.images[:pool], loader.targets[:pool]
+    per_class, slots = int(cfg.explain.per_class), None
+    if len(runs) > 1:
+        chosen = select_per_class(targets, datamodule.num_classes, 2 * per_class)
+    else:
+        pool_preds, _ = predict(runs[0].model, loader.normalise(images))
+        chosen, slots = select_grid(targets, pool_preds, datamodule.num_classes, per_class)
+    index = torch.tensor(chosen, dtype=torch.long, device=images.device)
+    shown = images[index]
+    return Shown(class_names(datamodule), datamodule.num_classes, pool, index, shown, targets[index],
+                 loader.normalise(shown), baseline_images(str(cfg.explain.baseline), shown, loader), slots)
+
+
 def explain_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     """The whole command: see the module docstring. Returns what ``explain.json`` holds."""
     start = time.perf_counter()
@@ -292,93 +318,98 @@ def explain_checkpoints(cfg: DictConfig) -> dict[str, Any]:
     check_own_folder(out, sources)
     runs = [load_source(s, cfg) for s in sources]
     same_test_set(runs)
-    datamodule = runs[0].run.datamodule()
-    names = class_names(datamodule)
-    loader = datamodule.loader("test")
-    pool = min(int(cfg.explain.pool), loader.num_samples)
-    images, targets = loader.images[:pool], loader.targets[:pool]
-    per_class = int(cfg.explain.per_class)
-    compare = len(runs) > 1
-    method, layer = str(cfg.explain.method), ", ".join(sorted({e.layer for e in runs}))
-
-    if compare:
-        chosen = select_per_class(targets, datamodule.num_classes, 2 * per_class)
-        slots = None
-    else:
-        pool_preds, _ = predict(runs[0].model, loader.normalise(images))
-        chosen, slots = select_grid(targets, pool_preds, datamodule.num_classes, per_class)
-    index = torch.tensor(chosen, dtype=torch.long, device=images.device)
-    shown, labels = images[index], targets[index]
-    x = loader.normalise(shown)
-    baseline = baseline_images(str(cfg.explain.baseline), shown, loader)
-    results = {e.source.label: explain_one(e, x, labels, baseline, cfg) for e in runs}
+    shown = choose_images(runs, cfg)
+    results = {e.source.label: explain_one(e, shown.x, shown.labels, shown.baseline, cfg) for e in runs}
     explain_s = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
-    shown_cpu, labels_cpu = shown.cpu(), labels.cpu()
-    what = f"{method} at {layer}, class: {'predicted' if cfg.explain.target == 'pred' else 'true'}"
-    files = ["faithfulness.png", "maps.pt", "explain.json"]
-    if compare:
-        picks = select_per_class(labels_cpu, datamodule.num_classes, int(cfg.explain.side_by_side))
-        plot_comparison(shown_cpu[picks], labels_cpu[picks], [
+    files = draw(runs, results, shown, cfg, out)
+    save_maps(runs, results, shown, cfg, out / "maps.pt")
+    summary = {**explain_summary(runs, results, shown, cfg), "files": files, "explain_time_s": explain_s,
+               "total_time_s": time.perf_counter() - start}
+    write_json(out / "explain.json", summary)
+    report(summary, out)
+    return summary
+
+
+def _what(runs: Sequence[Explained], cfg: DictConfig) -> str:
+    """The figures' caption: method, layer(s) and which class is explained."""
+    layer, target = ", ".join(sorted({e.layer for e in runs})), cfg.explain.target
+    return f"{cfg.explain.method} at {layer}, class: {'predicted' if target == 'pred' else 'true'}"
+
+
+def draw(runs: Sequence[Explained], results: dict[str, dict[str, Any]], shown: Shown, cfg: DictConfig,
+         out: Path) -> list[str]:
+    """``comparison.png`` (several runs) or ``grid.png`` (one), and ``faithfulness.png``; returns the
+    names of the files the command writes."""
+    images, labels, what = shown.images.cpu(), shown.labels.cpu(), _what(runs, cfg)
+    if len(runs) > 1:
+        picks = select_per_class(labels, shown.num_classes, int(cfg.explain.side_by_side))
+        plot_comparison(images[picks], labels[picks], [
             {"label": label, "heat": r["heat"][picks], "preds": r["preds"][picks],
              "confidence": r["confidence"][picks],
              "note": f"score {r['faith']['map']['score']:.2f}\n(random {r['faith']['random']['score']:.2f})"}
-            for label, r in results.items()], names, f"{what}; title: prediction and confidence",
+            for label, r in results.items()], shown.names, f"{what}; title: prediction and confidence",
             out / "comparison.png")
-        files.insert(0, "comparison.png")
+        figure = "comparison.png"
     else:
         r = results[runs[0].source.label]
         f = r["faith"]
-        plot_grid(shown_cpu, r["heat"], labels_cpu, r["preds"], r["confidence"], slots, per_class, names,
+        plot_grid(images, r["heat"], labels, r["preds"], r["confidence"], shown.slots,
+                  int(cfg.explain.per_class), shown.names,
                   f"{runs[0].source.label}: {what}\nfaithfulness (insertion - deletion AUC, "
-                  f"{len(chosen)} images): {f['map']['score']:.3f} vs random map {f['random']['score']:.3f} "
+                  f"{len(labels)} images): {f['map']['score']:.3f} vs random map {f['random']['score']:.3f} "
                   f"(paired difference {f['difference']['mean']:+.3f} ± {f['difference']['sem']:.3f} se)"
                   f"\ndeletion {f['map']['deletion_auc']:.3f} vs {f['random']['deletion_auc']:.3f}, "
                   f"insertion {f['map']['insertion_auc']:.3f} vs {f['random']['insertion_auc']:.3f}",
                   out / "grid.png")
-        files.insert(0, "grid.png")
+        figure = "grid.png"
     plot_curves({label: r["faith"]["curves"] for label, r in results.items()},
-                f"deletion / insertion: {what} vs a random map ({len(chosen)} test images)",
+                f"deletion / insertion: {what} vs a random map ({len(labels)} test images)",
                 out / "faithfulness.png")
+    return [figure, "faithfulness.png", "maps.pt", "explain.json"]
 
+
+def save_maps(runs: Sequence[Explained], results: dict[str, dict[str, Any]], shown: Shown,
+              cfg: DictConfig, path: Path) -> None:
+    """``maps.pt``: the raw maps, predictions and per-image faithfulness of every run."""
     torch.save({
-        "format": MAPS_FORMAT, "method": method, "target": str(cfg.explain.target),
-        "test_indices": index.cpu(), "targets": labels_cpu, "class_names": names,
+        "format": MAPS_FORMAT, "method": str(cfg.explain.method), "target": str(cfg.explain.target),
+        "test_indices": shown.index.cpu(), "targets": shown.labels.cpu(), "class_names": shown.names,
         "runs": {label: {
             "layer": e.layer, "maps": r["maps"], "explained": r["explained"], "preds": r["preds"],
             "confidence": r["confidence"],
             **{f"{source}_{k}": v for source, per in r["faith"]["per_image"].items() for k, v in per.items()},
         } for e, (label, r) in zip(runs, results.items(), strict=True)},
-    }, out / "maps.pt")
+    }, path)
 
+
+def explain_summary(runs: Sequence[Explained], results: dict[str, dict[str, Any]], shown: Shown,
+                    cfg: DictConfig) -> dict[str, Any]:
+    """What ``explain.json`` holds besides the file list and the times: the settings, each run's
+    faithfulness and the agreement of every pair of runs' maps."""
+    labels = shown.labels.cpu()
     pairs = {f"{a} vs {b}": agreement(results[a]["heat"], results[b]["heat"])
              for i, a in enumerate(results) for b in list(results)[i + 1 :]}
-    summary: dict[str, Any] = {
-        "method": method, "layer": str(cfg.explain.layer), "target": str(cfg.explain.target),
-        "mode": "side_by_side" if compare else "grid", "per_class": per_class, "pool": pool,
-        "steps": int(cfg.explain.steps), "seed": int(cfg.explain.seed),
+    return {
+        "method": str(cfg.explain.method), "layer": str(cfg.explain.layer), "target": str(cfg.explain.target),
+        "mode": "side_by_side" if len(runs) > 1 else "grid", "per_class": int(cfg.explain.per_class),
+        "pool": shown.pool, "steps": int(cfg.explain.steps), "seed": int(cfg.explain.seed),
         "baseline": str(cfg.explain.baseline), "baseline_is": BASELINES[str(cfg.explain.baseline)],
         "random_map": "uniform noise at the map's own resolution, upsampled the same way",
-        "device": str(runs[0].run.rt.device), "images": len(chosen), "test_indices": chosen,
-        "class_names": names,
+        "device": str(runs[0].run.rt.device), "images": len(labels), "test_indices": shown.index.tolist(),
+        "class_names": shown.names,
         "runs": [{
             "label": e.source.label, "checkpoint": str(e.source.ckpt),
             "weights": str(e.source.weights or e.source.ckpt), "epoch": e.run.state.get("epoch"),
             "model": type(e.model).__name__, "params": count_parameters(e.model), "layer": e.layer,
             "map_size": list(results[e.source.label]["maps"].shape[-2:]),
-            "accuracy_on_explained": (results[e.source.label]["preds"] == labels_cpu).float().mean().item(),
+            "accuracy_on_explained": (results[e.source.label]["preds"] == labels).float().mean().item(),
             "faithfulness": {k: results[e.source.label]["faith"][k]
                              for k in ("map", "random", "difference", "beats_random")},
         } for e in runs],
         "agreement": pairs or None,
-        "files": files,
-        "explain_time_s": explain_s,
-        "total_time_s": time.perf_counter() - start,
     }
-    write_json(out / "explain.json", summary)
-    report(summary, out)
-    return summary
 
 
 def report(summary: dict[str, Any], out: Path) -> None:

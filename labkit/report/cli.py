@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, print_error
 from labkit.report.figures import job_label
 from labkit.report.grads import comparison_rows, plot_grad_norm_comparison, print_table
 from labkit.report.jobs import ReportError, load_jobs
@@ -91,5 +91,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except LabkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return print_error(exc)

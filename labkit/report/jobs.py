@@ -15,11 +15,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from labkit.errors import LabkitError
+from labkit.run_folder import job_status
 from labkit.tracking.files import read_metrics
-
-#: a job without summary.json whose files changed less than this long ago counts as running;
-#: older ones were most likely killed and count as stopped.
-STALE_AFTER_S = 3600.0
 
 
 class ReportError(LabkitError):
@@ -71,20 +68,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:  # being rewritten right now
         return {}
-
-
-def _newest_mtime(folder: Path) -> float:
-    files = [p for p in (folder / "metrics.jsonl", folder / ".hydra" / "overrides.yaml") if p.exists()]
-    files += list(folder.glob("*.log"))
-    return max((p.stat().st_mtime for p in files), default=0.0)
-
-
-def job_status(summary: dict[str, Any], folder: Path, now: float | None = None) -> str:
-    """completed / failed / interrupted from summary.json; running or stopped when it is missing."""
-    if summary:
-        return str(summary.get("status") or ("completed" if "test_acc" in summary else "failed"))
-    age = (now or time.time()) - _newest_mtime(folder)
-    return "running" if age < STALE_AFTER_S else "stopped"
 
 
 def load_job(folder: Path, now: float | None = None) -> Job:

@@ -19,10 +19,11 @@ from scipy import stats
 
 from labkit.report.jobs import Job, ReportError
 from labkit.report.table import accuracy_key, format_value, swept_keys
+from labkit.run_folder import FINISHED
 
 CONFIDENCE = 0.95
 #: job states whose numbers are results (a diverged run's accuracy is a measurement too)
-RESULT_STATES = ("completed", "diverged")
+RESULT_STATES = FINISHED
 
 
 def is_replicate_key(key: str) -> bool:

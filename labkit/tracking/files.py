@@ -57,8 +57,12 @@ class FileTracker(Tracker):
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def restart_from(self, history: list[dict[str, Any]]) -> None:
-        """On resume: rewrite metrics.jsonl with the checkpoint's epochs (drops rows logged after it)."""
+        """Make metrics.jsonl hold exactly ``history``: the checkpoint's epochs on resume (rows logged
+        after it are dropped), none on a fresh start (rows of an earlier attempt are dropped)."""
         self.history = [dict(row) for row in history]
+        if not history:
+            self.metrics_path.unlink(missing_ok=True)
+            return
         atomic_write_text(self.metrics_path, "".join(json.dumps(_plain(row)) + "\n" for row in history))
 
     def log_epoch(self, metrics):
