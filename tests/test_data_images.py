@@ -261,3 +261,79 @@ def test_cifar10_jpeg_config_reads_the_folder_and_caches_inside_the_project(cfg_
     assert torch.allclose(red, 25 * raw.train_targets.float(), atol=3)
     assert len(list((tmp_path / "data" / "cache" / "imagefolder").glob("*.pt"))) == 1
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+# -- image-folder statistics ---------------------------------------------------------------------
+def write_noise_folder(root: Path, per_class: int = 5, size: int = 8) -> torch.Tensor:
+    """RGB noise whose channels differ in level and spread (train/), and white test images that
+    would change the statistics if they were counted; returns the training pixels in [0, 1]."""
+    rng = np.random.default_rng(0)
+    train = []
+    for name in ("a", "b", "c"):
+        for split in ("train", "test"):
+            (root / split / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.stack([rng.integers(0, 100, (size, size)), rng.integers(100, 250, (size, size)),
+                               rng.integers(0, 256, (size, size))], axis=-1).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "train" / name / f"{i}.png")
+            train.append(torch.from_numpy(pixels).permute(2, 0, 1))
+        Image.new("RGB", (size, size), (255, 255, 255)).save(root / "test" / name / "0.png")
+    return torch.stack(train).double() / 255
+
+
+def test_image_folder_statistics_are_computed_from_the_training_images(tmp_path, caplog):
+    train = write_noise_folder(tmp_path / "imgs")
+    data = make_folder_data(tmp_path / "imgs", tmp_path / "cache", image_size=8, val_size=3)
+    with caplog.at_level("INFO", logger="labkit.data.imagefolder"):
+        data.setup()
+    mean, std = train.mean(dim=(0, 2, 3)), train.std(dim=(0, 2, 3), unbiased=False)
+    assert data.mean == pytest.approx(mean.tolist(), abs=1e-6)  # all of train/, validation included
+    assert data.std == pytest.approx(std.tolist(), abs=1e-6)
+    assert data.mean[0] < 0.4 < data.mean[1] and data.std[1] < data.std[2]
+    assert f"mean [{data.mean[0]:.4f}, {data.mean[1]:.4f}, {data.mean[2]:.4f}], std [" in caplog.text
+    assert "(computed from the 15 training images)" in caplog.text
+    # the loader normalises with them: the training images come out at mean 0, std 1 per channel
+    loader = data.loader("val")
+    images = torch.cat([data._get(split)[0] for split in ("train", "val")])
+    normalised = loader.normalise(images).double()
+    assert normalised.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (normalised.std(dim=(0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
+    [cache] = (tmp_path / "cache").glob("*.pt")
+    assert torch.load(cache, weights_only=True)["statistics"]["mean"] == data.mean
+
+
+def test_image_folder_statistics_are_computed_once_and_typed_ones_win(tmp_path, monkeypatch, caplog):
+    write_noise_folder(tmp_path / "imgs")
+    first = make_folder_data(tmp_path / "imgs", tmp_path / "cache", image_size=8)
+    first.load_raw()
+    real, calls = imagefolder_module.channel_statistics, []
+    monkeypatch.setattr(imagefolder_module, "channel_statistics", lambda x: calls.append(1) or real(x))
+    again = make_folder_data(tmp_path / "imgs", tmp_path / "cache", image_size=8)
+    again.load_raw()
+    assert calls == [] and again.mean == first.mean and again.std == first.std  # read from the cache
+    typed = make_folder_data(tmp_path / "imgs", tmp_path / "cache", image_size=8, mean=[0.5, 0.5, 0.5])
+    with caplog.at_level("INFO", logger="labkit.data.imagefolder"):
+        typed.load_raw()
+    assert typed.mean == [0.5, 0.5, 0.5] and typed.std == first.std and calls == []
+    assert "mean [0.5000, 0.5000, 0.5000] (data.mean)" in caplog.text
+    # a cache written before statistics were kept gets them added, once
+    [cache] = (tmp_path / "cache").glob("*.pt")
+    state = torch.load(cache, weights_only=True)
+    del state["statistics"]
+    torch.save(state, cache)
+    for _ in range(2):
+        make_folder_data(tmp_path / "imgs", tmp_path / "cache", image_size=8).load_raw()
+    assert calls == [1]
+
+
+def test_imagefolder_config_leaves_the_statistics_to_the_data(cfg_factory, tmp_path):
+    from labkit.config.validate import validate_config
+
+    cfg = cfg_factory("data=imagefolder", f"data.path={tmp_path}")
+    assert cfg.data.mean is None and cfg.data.std is None
+    validate_config(cfg)
+    typed = cfg_factory("data=imagefolder", "data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]")
+    validate_config(typed)
+    assert list(typed.data.mean) == [0.4, 0.4, 0.4]
+    with pytest.raises(ConfigError, match="data.std"):
+        validate_config(cfg_factory("data=imagefolder", "data.std=[0,1,1]"))

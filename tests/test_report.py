@@ -107,7 +107,8 @@ def test_accuracy_figure_has_one_line_per_flag_combination(study):
     assert lines["residual=false, norm=false"] == pytest.approx({2: 90.0, 8: 94.0})
     assert lines["residual=true, norm=false"] == pytest.approx({2: 92.0})  # depth 8 is running
     names = {p.name for p in report.figures}
-    assert names == {"test_acc_vs_model.depth.png", "learning_curves.png"}
+    assert names == {"test_acc_vs_model.depth.png", "learning_curves.png",  # and each flag's forest plot
+                     "paired_residual.png", "paired_model.norm.png"}
     for figure in report.figures:
         assert figure.read_bytes().startswith(PNG) and figure.stat().st_size > 10_000
         assert f"]({figure.name})" in report.markdown.read_text()

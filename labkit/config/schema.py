@@ -155,7 +155,10 @@ DATASETS = {
     "labkit.data.MNISTFamily": data_node({"folder": Text(), "root": PATH, "download": Bool()}),
     "labkit.data.CIFAR": data_node({"variant": Choice(CIFAR_VARIANTS), "root": PATH, "download": Bool()}),
     "labkit.data.ImageFolder": data_node({"path": PATH, "root": PATH,
-                                          "cache_dir": Text(null=True, what="a path"), "resize": Bool()}),
+                                          "cache_dir": Text(null=True, what="a path"), "resize": Bool(),
+                                          # null: computed from the training images (imagefolder.py)
+                                          "mean": List(Number(), min_len=1, null=True),
+                                          "std": List(POSITIVE, min_len=1, null=True)}),
     "labkit.data.SyntheticImages": data_node({"n_train": Int(min=1), "n_test": Int(min=1),
                                               "noise": NON_NEGATIVE, "seed": Int(min=0), "root": PATH}),
 }

@@ -4,12 +4,18 @@ The first run decodes every jpg/png (optionally resizing it to ``image_size``) i
 tensor and saves it under ``cache_dir``; later runs load that file instead of decoding again.
 The cache records a fingerprint of the folder (each image's relative path, size and
 modification time), so adding, removing, replacing or touching an image rebuilds it.
+
+Normalisation uses the data set's own per-channel mean and std: typed in the config
+(``data.mean`` / ``data.std``), or, when left null, computed from the decoded training images
+(all of ``train/``, before the validation split, as published statistics are) and kept in the
+cache next to the images, so they are computed once. The run's log says which were used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +81,12 @@ class ImageFolder(ImageDataModule):
     from it); test classes must be among the training classes.
     """
 
-    def __init__(self, path: str, cache_dir: str | None = None, resize: bool = True, **kwargs) -> None:
+    def __init__(self, path: str, cache_dir: str | None = None, resize: bool = True,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **kwargs) -> None:
         kwargs.setdefault("root", path)
-        super().__init__(**kwargs)
+        super().__init__(mean=mean if mean is not None else (), std=std if std is not None else (), **kwargs)
+        #: the statistics typed in the config; None: computed from the training images by load_raw
+        self.given = {"mean": None if mean is None else list(mean), "std": None if std is None else list(std)}
         if self.in_channels not in (1, 3):
             raise DataError(f"data.in_channels={self.in_channels}: image folders are read as grey (1) "
                             f"or RGB (3)")
@@ -112,19 +121,43 @@ class ImageFolder(ImageDataModule):
         stamp = fingerprint(self.path, [p for p, _ in train_files + test_files], settings)
         cached = self._read_cache(stamp)
         if cached is not None:
-            return cached
-        index = {name: i for i, name in enumerate(classes)}
-        splits = {}
-        for split, files in (("train", train_files), ("test", test_files)):
-            splits[f"{split}_images"] = torch.stack(
-                [decode_image(p, self.in_channels, self.image_size, self.resize) for p, _ in files]
-            )
-            splits[f"{split}_targets"] = torch.tensor([index[c] for _, c in files], dtype=torch.int64)
-        raw = RawSplits(**splits)
-        self._write_cache(stamp, raw)
+            raw, stats = cached
+            if stats is None and None in self.given.values():  # a cache from before statistics
+                stats = channel_statistics(raw.train_images)   # were kept: add them, once
+                self._write_cache(stamp, raw, stats)
+        else:
+            index = {name: i for i, name in enumerate(classes)}
+            splits = {}
+            for split, files in (("train", train_files), ("test", test_files)):
+                splits[f"{split}_images"] = torch.stack(
+                    [decode_image(p, self.in_channels, self.image_size, self.resize) for p, _ in files]
+                )
+                splits[f"{split}_targets"] = torch.tensor([index[c] for _, c in files], dtype=torch.int64)
+            raw = RawSplits(**splits)
+            stats = channel_statistics(raw.train_images)
+            self._write_cache(stamp, raw, stats)
+        self._use_statistics(stats, len(raw.train_images))
         return raw
 
-    def _read_cache(self, stamp: str) -> RawSplits | None:
+    def _use_statistics(self, computed: dict[str, list[float]] | None, n_images: int) -> None:
+        """Normalise with the typed statistics where given, else the computed ones; say which."""
+        for key in ("mean", "std"):
+            value = self.given[key]
+            if value is None:
+                assert computed is not None  # load_raw computes them whenever one is not given
+                value = computed[key]
+            setattr(self, key, value)
+        computed_from = f"computed from the {n_images} training images"
+        mean_from, std_from = (f"data.{key}" if self.given[key] is not None else computed_from
+                               for key in ("mean", "std"))
+        if mean_from == std_from:
+            log.info("%s normalisation: mean %s, std %s (%s)", self.name, _rounded(self.mean),
+                     _rounded(self.std), mean_from)
+        else:
+            log.info("%s normalisation: mean %s (%s), std %s (%s)", self.name, _rounded(self.mean),
+                     mean_from, _rounded(self.std), std_from)
+
+    def _read_cache(self, stamp: str) -> tuple[RawSplits, dict[str, list[float]] | None] | None:
         path = self.cache_file()
         if path is None or not path.is_file():
             return None
@@ -138,12 +171,37 @@ class ImageFolder(ImageDataModule):
             return None
         log.info("loaded decoded images from %s", path)
         keys = ("train_images", "train_targets", "test_images", "test_targets")
-        return RawSplits(*(state[k] for k in keys))
+        return RawSplits(*(state[k] for k in keys)), state.get("statistics")
 
-    def _write_cache(self, stamp: str, raw: RawSplits) -> None:
+    def _write_cache(self, stamp: str, raw: RawSplits, stats: dict[str, list[float]] | None) -> None:
         path = self.cache_file()
         if path is None:
             return
-        state = {"format": CACHE_FORMAT, "fingerprint": stamp, **vars(raw)}
+        state = {"format": CACHE_FORMAT, "fingerprint": stamp, **vars(raw), "statistics": stats}
         atomic_write(path, lambda tmp: torch.save(state, tmp))  # never half a cache
-        log.info("cached decoded images in %s", path)
+        log.info("cached decoded images and their statistics in %s", path)
+
+
+def _rounded(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+def channel_statistics(images: torch.Tensor) -> dict[str, list[float]]:
+    """Per-channel mean and std (over every pixel of every image) of uint8 ``[N, C, H, W]``
+    images scaled to [0, 1], as ``data.mean`` / ``data.std`` expect them. Summed in float64 in
+    chunks (no float copy of the whole set): 1.6 s for CIFAR-10's 50,000 training images on this
+    project's shared CPU, once per cache.
+    A channel that never changes gets std 1 (nothing to scale) rather than a division by 0."""
+    channels = images.shape[1]
+    chunk = max(1, 2**22 // max(images[0].numel(), 1))  # about 32 MB of float64 at a time
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.numel() // channels
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0.0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return {"mean": [round(v, 6) for v in mean.tolist()], "std": [round(v, 6) for v in std.tolist()]}

@@ -2,7 +2,8 @@
 
     labkit-report DIR                      the job table, report.md/.csv and figures (= jobs DIR)
     labkit-report grads DIR... [-o PNG]    gradient norms of several runs on one figure, and a table
-    labkit-report distill DIR...           distillation: mean and spread over jobs (e.g. seeds)
+    labkit-report distill DIR... [-o PNG]  distillation: mean and spread over jobs (e.g. seeds), or the
+                                           methods against the baseline (table and forest plot)
 
 Every DIR is a run directory or a folder above run directories (a multirun, several multiruns).
 """
@@ -47,14 +48,19 @@ def _grads(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     # imported here for start-up time, not a cycle: labkit.distill's package imports torch (about
     # 2 s), which the other commands never need
-    from labkit.report.distill import find_job_summaries, methods_table, seeds_table
+    from labkit.report.distill import find_job_summaries, methods_table, plot_methods_forest, seeds_table
 
     summaries = find_job_summaries(args.dirs)
     if not summaries:
         raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
     methods = {s.get("method_label") or s.get("method") for s in summaries}
-    # a methods study: each method against the baseline, paired by seed; else mean and spread
-    print(methods_table(summaries) if len(methods) > 1 else seeds_table(summaries))
+    if len(methods) < 2:  # one method: mean and spread over its jobs
+        print(seeds_table(summaries))
+        return 0
+    # a methods study: each method against the baseline, paired by seed, as a table and a figure
+    print(methods_table(summaries))
+    out = args.out or (args.dirs[0] if args.dirs[0].is_dir() else args.dirs[0].parent) / "methods_forest.png"
+    print(f"wrote {plot_methods_forest(summaries, out)}")
     return 0
 
 
@@ -77,8 +83,11 @@ def parser() -> argparse.ArgumentParser:
                        help="figure to write (default: %(default)s)")
     grads.add_argument("--labels", nargs="+", help="one legend label per run directory found")
     grads.set_defaults(run=_grads)
-    distill = commands.add_parser("distill", help="mean ± sd of distillation jobs (seeds of a multirun)")
+    distill = commands.add_parser("distill", help="distillation: mean ± sd over seeds, or the methods "
+                                      "against the baseline (table and forest plot)")
     distill.add_argument("dirs", nargs="+", type=Path, help="run directories or multirun folders")
+    distill.add_argument("-o", "--out", type=Path, help="the methods' forest plot (default: "
+                         "methods_forest.png in the first DIR)")
     distill.set_defaults(run=_distill)
     return main
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labkit.distill.report import LABELS, method_name
+from labkit.report.forest import ForestRow, plot_forest
 from labkit.report.jobs import load_jobs
-from labkit.report.stats import estimate
+from labkit.report.stats import Estimate, estimate
 
 
 def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
@@ -44,28 +46,49 @@ def seeds_table(jobs: list[dict[str, Any]]) -> str:
     return "\n".join(rows + lines)
 
 
+@dataclass
+class MethodResult:
+    """One method's students over seeds: test accuracies (%) and the paired differences to the
+    baseline of the same seed (points) with their t interval."""
+
+    label: str
+    accs: list[float]
+    diffs: list[float]
+    difference: Estimate
+
+
+def _with_distilled(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [j for j in jobs if j.get("student_distill_test_acc") is not None]
+
+
+def method_results(jobs: Sequence[dict[str, Any]]) -> list[MethodResult]:
+    """Every method, best mean test accuracy first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in _with_distilled(jobs):
+        groups.setdefault(method_name(job), []).append(job)
+    found = []
+    for label, members in groups.items():
+        accs = [100 * j["student_distill_test_acc"] for j in members]
+        diffs = [100 * (j["student_distill_test_acc"] - j["student_baseline_test_acc"]) for j in members]
+        found.append(MethodResult(label, accs, diffs, estimate(diffs)))  # one job's difference is paired
+    return sorted(found, key=lambda m: -statistics.mean(m.accs))
+
+
 def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     """Markdown: the teacher, the baseline (one value per seed) and every method (mean ± sd of
     test accuracy in %, paired difference to the baseline in points with its 95 % CI, wins)."""
-    jobs = [j for j in jobs if j.get("student_distill_test_acc") is not None]
+    jobs = _with_distilled(jobs)
     baseline = {j.get("seed", i): 100 * j["student_baseline_test_acc"] for i, j in enumerate(jobs)}
     teachers = sorted({round(100 * j["teacher_test_acc"], 4) for j in jobs})
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for job in jobs:
-        groups.setdefault(method_name(job), []).append(job)
     rows = ["| student | seeds | test acc (%), mean ± sd | minus baseline (points) | 95 % CI | better |",
             "|---|---:|---:|---:|---:|---:|",
             f"| baseline (hard labels) | {len(baseline)} | {mean_sd(list(baseline.values()))} | | | |"]
-    ordered = sorted(groups.items(), key=lambda item: -statistics.mean(
-        j["student_distill_test_acc"] for j in item[1]))
-    for label, members in ordered:
-        accs = [100 * j["student_distill_test_acc"] for j in members]
-        diffs = [100 * (j["student_distill_test_acc"] - j["student_baseline_test_acc"]) for j in members]
-        interval = estimate(diffs)  # one job's difference is paired: same seed, same start
+    for method in method_results(jobs):
+        interval = method.difference
         ci = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval.low is not None else "n/a (1 seed)"
-        wins = sum(d > 0 for d in diffs)
-        rows.append(f"| {label} | {len(members)} | {mean_sd(accs)} | {statistics.mean(diffs):+.2f} | "
-                    f"{ci} | {wins} of {len(members)} |")
+        wins = sum(d > 0 for d in method.diffs)
+        rows.append(f"| {method.label} | {len(method.accs)} | {mean_sd(method.accs)} | "
+                    f"{interval.mean:+.2f} | {ci} | {wins} of {len(method.accs)} |")
     teacher = ", ".join(f"{t:.2f}" for t in teachers)
     notes = [f"Teacher test accuracy: {teacher} %. Differences are paired by seed (each method's "
              "student and the baseline start from the same weights and see the same batches); the "
@@ -74,8 +97,27 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
+def teacher_gap(jobs: Sequence[dict[str, Any]]) -> float | None:
+    """Teacher minus baseline student in points, the mean over seeds: what a method could gain."""
+    gaps = {j.get("seed", i): 100 * (j["teacher_test_acc"] - j["student_baseline_test_acc"])
+            for i, j in enumerate(_with_distilled(jobs)) if j.get("teacher_test_acc") is not None}
+    return statistics.mean(gaps.values()) if gaps else None
+
+
+def plot_methods_forest(jobs: Sequence[dict[str, Any]], out: Path) -> Path:
+    """The methods table as a forest plot: per method the paired difference to the baseline
+    student with its 95 % CI, a line at zero and a dotted one at the teacher's gap."""
+    gap = teacher_gap(jobs)
+    rows = [ForestRow(m.label, m.difference) for m in method_results(jobs)]
+    seeds = max(m.difference.n for m in method_results(jobs))
+    return plot_forest(rows, out, f"distilled student − baseline student, paired by seed ({seeds} seeds)",
+                       references=[("teacher − baseline", gap)] if gap is not None else [])
+
+
 def write_methods_report(folder: Path, jobs: Sequence[dict[str, Any]]) -> Path:
-    """``methods.md`` in ``folder``: the methods table."""
+    """``methods.md`` in ``folder``: the methods table and its forest plot (``methods_forest.png``)."""
+    figure = plot_methods_forest(jobs, Path(folder) / "methods_forest.png")
     path = Path(folder) / "methods.md"
-    path.write_text(f"# Distillation methods: {Path(folder).name}\n\n{methods_table(jobs)}\n")
+    path.write_text(f"# Distillation methods: {Path(folder).name}\n\n{methods_table(jobs)}\n\n"
+                    f"![paired difference to the baseline student per method]({figure.name})\n")
     return path

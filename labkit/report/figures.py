@@ -1,4 +1,5 @@
-"""The report's figures: test accuracy against each swept value, learning curves, gradient norms."""
+"""The report's figures: test accuracy against each swept value, forest plots of the paired
+comparisons, learning curves, gradient norms."""
 
 from __future__ import annotations
 
@@ -9,17 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.report.forest import comparison_rows, plot_forest
 from labkit.report.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
-from labkit.report.stats import RESULT_STATES, estimate, is_replicate_key
-from labkit.report.table import accuracy_key, format_value, swept_keys
+from labkit.report.stats import RESULT_STATES, Comparison, Estimate, estimate, is_replicate_key
+from labkit.report.table import accuracy_key, format_value, short_names, swept_keys
 from labkit.tracking.figures import pyplot, save_figure
-
-
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """``model.depth`` -> ``depth`` for legends, unless two keys would end up with one name."""
-    tails = [k.split(".")[-1].split("/")[-1] for k in keys]
-    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails, strict=True)}
 
 
 def job_label(job: Job, keys: Sequence[str]) -> str:
@@ -38,17 +34,24 @@ def _finished(jobs: Sequence[Job]) -> list[Job]:
     return [j for j in jobs if j.status in RESULT_STATES and _is_number(j.summary.get(key))]
 
 
+def is_categorical(values: Sequence[Any]) -> bool:
+    """Names, lists and flags are categories: their order on an axis is arbitrary, so their
+    points are never joined by a line (a line would claim there is something in between)."""
+    return not all(_is_number(v) for v in values)
+
+
 def x_axis_keys(jobs: Sequence[Job]) -> list[str]:
-    """Swept keys worth an accuracy-vs-value figure: not a flag, not a seed, >= 2 finished values."""
+    """Swept keys worth an accuracy-vs-value figure: not a seed, >= 2 finished values. A flag is
+    the x axis only when no other key is (otherwise flags are the figure's series)."""
     done = _finished(jobs)
-    keys = []
+    keys: list[str] = []
+    flags: list[str] = []
     for key in swept_keys(jobs):
         values = [j.overrides[key] for j in done if key in j.overrides]
-        if is_replicate_key(key) or any(isinstance(v, bool) for v in values):
+        if is_replicate_key(key) or len({format_value(v) for v in values}) < 2:
             continue
-        if len({format_value(v) for v in values}) >= 2:
-            keys.append(key)
-    return keys
+        (flags if any(isinstance(v, bool) for v in values) else keys).append(key)
+    return keys or flags[:1]
 
 
 def _file_part(key: str) -> str:
@@ -66,23 +69,30 @@ class Series:
     errors: list[float]
 
 
+def _series_keys(jobs: Sequence[Job], key: str) -> list[str]:
+    """The swept keys that split the jobs into series: all but ``key`` and the seeds."""
+    return [k for k in swept_keys(jobs) if k != key and not is_replicate_key(k)]
+
+
+def _series_label(job: Job, others: Sequence[str]) -> str:
+    return job_label(job, others) if others else "all jobs"
+
+
 def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Series]]:
     """The x positions and one series per combination of the other swept values (e.g.
     residual x norm); swept seeds are averaged, with their 95 % CI. Non-numeric values (lists,
-    names) are categories in the sweep's order."""
+    names, flags) are categories in the sweep's order."""
     done = [j for j in _finished(jobs) if key in j.overrides]
     y_key = accuracy_key(jobs)
-    keys = swept_keys(jobs)
-    others = [k for k in keys if k != key and not is_replicate_key(k)]
-    numeric = all(_is_number(j.overrides[key]) for j in done)
+    others = _series_keys(jobs, key)
+    numeric = not is_categorical([j.overrides[key] for j in done])
     order: list[Any] = []
     groups: dict[str, dict[Any, list[float]]] = {}
     for job in done:
         x = job.overrides[key] if numeric else format_value(job.overrides[key])
         if x not in order:
             order.append(x)
-        label = job_label(job, others) if others else "all jobs"
-        groups.setdefault(label, {}).setdefault(x, []).append(100 * job.summary[y_key])
+        groups.setdefault(_series_label(job, others), {}).setdefault(x, []).append(100 * job.summary[y_key])
     positions = sorted(order) if numeric else order
     series = []
     for label, by_x in groups.items():
@@ -92,36 +102,111 @@ def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Seri
     return positions, series
 
 
-def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
-    """Test accuracy (see ``accuracy_key``) against ``key``, one line per :func:`accuracy_series`."""
-    plt = pyplot()
-    positions, series = accuracy_series(jobs, key)
-    numeric = all(_is_number(x) for x in positions)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for line in series:
-        plot_x = line.xs if numeric else [positions.index(x) for x in line.xs]
-        if any(e > 0 for e in line.errors):
-            ax.errorbar(plot_x, line.means, yerr=line.errors, marker="o", capsize=3, label=line.label)
+#: distill.py's summary keys drawn as horizontal reference lines in a distillation study's figure
+REFERENCE_KEYS = {"teacher_test_acc": "teacher", "student_baseline_test_acc": "baseline student"}
+
+
+@dataclass
+class Reference:
+    """A horizontal line of an accuracy figure: the teacher or the baseline student (mean and CI
+    over seeds, in %) of one series, or of all series (``series`` None) when they share it."""
+
+    name: str
+    series: str | None
+    estimate: Estimate
+
+
+def reference_levels(jobs: Sequence[Job], key: str) -> list[Reference]:
+    """The teacher and the baseline student of a distillation study (the figure's y is the
+    distilled student), one value per seed (every job of a seed reuses its seed's baseline).
+    A reference that changes along ``key`` (e.g. the student's width) is no horizontal line and
+    is left out."""
+    if accuracy_key(jobs) != "student_distill_test_acc":
+        return []
+    done = [j for j in _finished(jobs) if key in j.overrides]
+    others = _series_keys(jobs, key)
+    seeds = [k for k in swept_keys(jobs) if is_replicate_key(k)]
+    found = []
+    for summary_key, name in REFERENCE_KEYS.items():
+        per_series: dict[str, dict[tuple[str, ...], set[float]]] = {}
+        for job in done:
+            value = job.summary.get(summary_key)
+            if _is_number(value):
+                seed = tuple(format_value(job.overrides.get(k)) for k in seeds)
+                per_series.setdefault(_series_label(job, others), {}).setdefault(seed, set()).add(
+                    round(100 * value, 6))
+        if not per_series or any(len(v) > 1 for by_seed in per_series.values() for v in by_seed.values()):
+            continue  # missing, or not one value per seed: not a level
+        levels = {label: estimate([next(iter(v)) for v in by_seed.values()])
+                  for label, by_seed in per_series.items()}
+        if len({round(e.mean, 6) for e in levels.values()}) == 1:
+            found.append(Reference(name, None, next(iter(levels.values()))))
         else:
-            ax.plot(plot_x, line.means, marker="o", label=line.label)
+            found += [Reference(name, label, e) for label, e in levels.items()]
+    return found
+
+
+#: line style of each reference
+REFERENCE_STYLE = {"teacher": ("black", "--"), "baseline student": ("tab:red", "-.")}
+
+
+def draw_accuracy_vs(ax: Any, jobs: Sequence[Job], key: str) -> None:
+    """Test accuracy (see ``accuracy_key``) against ``key`` on ``ax``: numbers on a line per
+    series, categories as points with their CI side by side and no line; a distillation study's
+    teacher and baseline student as horizontal lines."""
+    positions, series = accuracy_series(jobs, key)
+    numeric = not is_categorical(positions)
+    colours = {line.label: f"C{i % 10}" for i, line in enumerate(series)}
+    references = reference_levels(jobs, key)
+    # one series has no legend entry of its own unless references need telling apart from it
+    single = "distilled student" if references else "_nolegend_"
+    spread = min(0.5 / max(len(series), 1), 0.15)  # categories: series side by side at each value
+    for i, line in enumerate(series):
+        errors = line.errors if any(e > 0 for e in line.errors) else None
+        if numeric:
+            ax.errorbar(line.xs, line.means, yerr=errors, marker="o", capsize=3, color=colours[line.label],
+                        label=single if line.label == "all jobs" else line.label)
+        else:
+            shift = (i - (len(series) - 1) / 2) * spread
+            ax.errorbar([positions.index(x) + shift for x in line.xs], line.means, yerr=errors, fmt="o",
+                        linestyle="none", capsize=4, markersize=7, color=colours[line.label],
+                        label=single if line.label == "all jobs" else line.label)
+    for ref in references:
+        colour, style = REFERENCE_STYLE[ref.name]
+        if ref.series is not None:
+            colour = colours.get(ref.series, colour)
+        where = f", {ref.series}" if ref.series else ""
+        ax.axhline(ref.estimate.mean, color=colour, linestyle=style, linewidth=1.2, gid="reference",
+                   label=f"{ref.name}{where}: {ref.estimate.mean:.2f} %")
+        if ref.series is None and ref.estimate.low is not None and ref.estimate.high > ref.estimate.low:
+            ax.axhspan(ref.estimate.low, ref.estimate.high, color=colour, alpha=0.08, linewidth=0)
     if numeric and min(positions) > 0 and max(positions) / min(positions) >= 8:
         ax.set_xscale("log", base=2)
         ax.set_xticks(positions, [format_value(x) for x in positions])
         ax.minorticks_off()
     elif not numeric:
         ax.set_xticks(range(len(positions)), positions)
+        ax.set_xlim(-0.5, len(positions) - 0.5)
+    ax.set_xlabel(key)
+    ax.grid(alpha=0.3)
+
+
+def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
+    """:func:`draw_accuracy_vs` with its title and legend, written to ``out``."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    draw_accuracy_vs(ax, jobs, key)
     keys = swept_keys(jobs)
     replicates = [k for k in keys if is_replicate_key(k)]
-    others = [k for k in keys if k != key and k not in replicates]
     name = str(accuracy_key(jobs)).replace("_acc", " accuracy").replace("_", " ")
     title = f"{name} vs {key}"
     if replicates:
         title += f"\n(mean and 95 % CI over {', '.join(replicates)})"
     ax.set_title(title)
-    ax.set_xlabel(key)
     ax.set_ylabel(f"{name} (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=", ".join(short_names(others).values()) or None, title_fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        others = _series_keys(jobs, key)
+        ax.legend(fontsize=8, title=", ".join(short_names(others).values()) or None, title_fontsize=8)
     return save_figure(fig, out)
 
 
@@ -173,10 +258,24 @@ def grad_norm_figure(jobs: Sequence[Job], out: Path) -> Path | None:
     return plot_grad_norm_comparison([(job_label(j, keys), j.grad_norms) for j in jobs if j.grad_norms], out)
 
 
-def make_figures(jobs: Sequence[Job], folder: Path) -> list[Path]:
-    """Every figure the jobs allow, written into ``folder``; returns their paths."""
+def forest_figures(comparisons: Sequence[Comparison], folder: Path) -> list[Path]:
+    """One forest plot per compared key (``paired_<key>.png``): the report's paired comparisons."""
+    by_key: dict[str, list[Comparison]] = {}
+    for comparison in comparisons:
+        by_key.setdefault(comparison.key, []).append(comparison)
+    figures = []
+    for key, found in by_key.items():
+        title, rows = comparison_rows(found)
+        figures.append(plot_forest(rows, folder / f"paired_{_file_part(key)}.png", title))
+    return figures
+
+
+def make_figures(jobs: Sequence[Job], folder: Path, comparisons: Sequence[Comparison] = ()) -> list[Path]:
+    """Every figure the jobs allow, written into ``folder``; returns their paths. ``comparisons``
+    (the report's paired differences) are drawn as forest plots."""
     figures = [plot_accuracy_vs(jobs, key, folder / f"test_acc_vs_{_file_part(key)}.png")
                for key in x_axis_keys(jobs)]
+    figures += forest_figures(comparisons, folder)
     figures.append(plot_learning_curves(jobs, folder / "learning_curves.png"))
     figures.append(grad_norm_figure(jobs, folder / "grad_norms.png"))
     return [f for f in figures if f is not None]

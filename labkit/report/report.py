@@ -100,7 +100,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, figures: boo
     jobs = load_jobs(folder)
     spread = uncertainty(jobs, compare)
     out.mkdir(parents=True, exist_ok=True)
-    drawn = make_figures(jobs, out) if figures else []
+    drawn = make_figures(jobs, out, spread.comparisons) if figures else []
     md_path = out / "report.md"
     md_path.write_text(markdown(folder, jobs, drawn, spread))
     csv_path = write_csv(jobs, out / "report.csv")

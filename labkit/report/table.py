@@ -52,6 +52,12 @@ def swept_keys(jobs: Sequence[Job]) -> list[str]:
     return [k for k in keys if len({shown(job, k) for job in jobs}) > 1]
 
 
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """``model.depth`` -> ``depth`` for legends, unless two keys would end up with one name."""
+    tails = [k.split(".")[-1].split("/")[-1] for k in keys]
+    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails, strict=True)}
+
+
 def common_overrides(jobs: Sequence[Job]) -> list[str]:
     """``key=value`` of the overrides every job shares (the sweep's fixed settings)."""
     if not jobs:
