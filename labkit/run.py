@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -28,7 +29,7 @@ from labkit.engine.engine import Criterion, SmoothedCrossEntropy
 from labkit.engine.optim import build_optimizer
 from labkit.errors import ConfigError
 from labkit.models import describe_model
-from labkit.tracking import ConsoleTracker, FileTracker, TrackerGroup, WandbTracker
+from labkit.tracking import ConsoleTracker, FileTracker, TensorBoardTracker, TrackerGroup, WandbTracker
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def build_engine(cfg: DictConfig, prepared: PreparedModel, rt: Runtime, *, train
 
 
 def hydra_job_info() -> dict[str, Any]:
-    """Override string and sweep folder of the current Hydra job (empty outside Hydra)."""
+    """Override string and list, group choices and sweep folder of the current Hydra job (empty
+    outside Hydra)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -170,23 +172,55 @@ def hydra_job_info() -> dict[str, Any]:
         return {}
     return {
         "overrides": hc.job.override_dirname or "defaults",
-        "sweep_dir": Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None,
+        "override_list": list(hc.overrides.task),
+        "choices": dict(hc.runtime.choices),
+        # mode is None in a config composed by the compose API (tests, notebooks)
+        "sweep_dir": Path(hc.sweep.dir).name if getattr(hc.mode, "name", None) == "MULTIRUN" else None,
     }
+
+
+#: overrides that say where results go, not what the run does: not hyper-parameters
+NOT_HPARAMS = ("logger", "paths", "hydra")
+
+
+def job_hparams(cfg: DictConfig, overrides: list[str], choices: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """The job's command-line overrides as hyper-parameters (TensorBoard's HParams tab).
+
+    A config group maps to its chosen option (``model=cnn`` -> ``"cnn"``), a key to its value
+    in the composed config (typed: ``model.depth=20`` -> ``20``); ``logger``, ``paths`` and
+    ``hydra`` overrides and deletions (``~key``) are left out.
+    """
+    choices = choices or {}
+    params: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = override.key_or_group
+        key = f"{group}@{override.package}" if override.package else group  # model@teacher=cnn
+        if override.is_delete() or group.split(".", 1)[0].split("/", 1)[0] in NOT_HPARAMS:
+            continue
+        if key in choices:
+            params[key] = choices[key]
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return params
 
 
 def build_trackers(
     cfg: DictConfig, run_dir: Path, console: Console, *, job_type: str | None = None,
     group: str | None = None, name: str | None = None,
 ) -> TrackerGroup:
-    """Console and run-directory files always; W&B when a ``logger.wandb`` node exists.
+    """Console and run-directory files always; then one tracker per node of ``logger``.
 
-    ``job_type`` / ``group`` / ``name`` override the config, for entry points that log several
-    W&B runs per job (distill.py: one per stage, all in one group).
+    ``logger=[wandb,tensorboard]`` composes both nodes (``logger.wandb``, ``logger.tensorboard``)
+    and each builds its tracker; ``logger=none`` leaves ``logger`` empty. ``job_type`` / ``group`` /
+    ``name`` override the config, for entry points that log several runs per job (distill.py: one
+    per stage; ``job_type`` is the stage, which TensorBoard records as a hyper-parameter).
     """
     trackers = [ConsoleTracker(console), FileTracker(run_dir)]
+    job = hydra_job_info()
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb")
     if wandb_cfg is not None:
-        job = hydra_job_info()
         trackers.append(WandbTracker(
             run_dir,
             project=wandb_cfg.project,
@@ -197,6 +231,13 @@ def build_trackers(
             tags=list(wandb_cfg.tags or []),
             mode=wandb_cfg.mode,
         ))
+    tensorboard_cfg = OmegaConf.select(cfg, "logger.tensorboard")
+    if tensorboard_cfg is not None:
+        hparams = job_hparams(cfg, job.get("override_list", []), job.get("choices"))
+        if job_type is not None:
+            hparams["stage"] = job_type
+        trackers.append(TensorBoardTracker(run_dir / "tensorboard", hparams=hparams,
+                                           flush_secs=tensorboard_cfg.flush_secs))
     return TrackerGroup(trackers)
 
 

@@ -94,6 +94,12 @@ CASES = [
     ("train", ["scheduler=onecycle", "scheduler.anneal_strategy=cubic"], "scheduler.anneal_strategy='cubic'"),
     # logger, analysis
     ("train", ["logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode='sometimes'"),
+    ("train", ["logger=[wandb,tensorboard]", "logger.tensorboard.flush_secs=0"],
+     "logger.tensorboard.flush_secs=0 is invalid: expected an integer >= 1"),
+    ("train", ["logger=tensorboard", "+logger.tensorboard.flush_sec=5"],
+     "did you mean logger.tensorboard.flush_secs?"),
+    ("distill", ["logger=[tensorboard,wandb]", "+logger.tensorbord.flush_secs=5"],
+     "did you mean logger.tensorboard?"),
     ("train", ["analysis.probe_size=0"], "analysis.probe_size=0"),
     # distill.py: its own keys, and teacher / student are model configs
     ("distill", ["distill.kd.temperature=0"], "distill.kd.temperature=0 is invalid: expected a number > 0"),

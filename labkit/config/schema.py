@@ -234,15 +234,19 @@ TRAINER = Node({
     "strategy": Choice(STRATEGIES),
     "sync_batchnorm": Bool(),
 })
-LOGGER = Node({"wandb": Node({
-    "project": Text(),
-    "entity": Text(null=True),
-    "group": Text(null=True),
-    "name": Text(null=True),
-    "job_type": Text(null=True),
-    "tags": List(Text()),
-    "mode": Choice(WANDB_MODES),
-})})  # logger=none: {}
+# one node per tracker; logger=[wandb,tensorboard] composes both, logger=none neither ({})
+LOGGER = Node({
+    "wandb": Node({
+        "project": Text(),
+        "entity": Text(null=True),
+        "group": Text(null=True),
+        "name": Text(null=True),
+        "job_type": Text(null=True),
+        "tags": List(Text()),
+        "mode": Choice(WANDB_MODES),
+    }),
+    "tensorboard": Node({"flush_secs": Int(min=1)}),
+})
 PATHS = Node({"root_dir": PATH, "data_dir": PATH, "log_dir": PATH, "output_dir": PATH})
 ANALYSIS = Node({
     "grad_norms": Bool(),

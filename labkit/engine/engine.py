@@ -205,7 +205,8 @@ class Engine:
     def _log_step(self, step: int, metrics: RunningMetrics, elapsed: float) -> None:
         now = self._check_finite(metrics.read())
         speed = (now.seen - metrics.resumed_seen) / max(elapsed, 1e-9)
-        self.trackers.step(self.epoch, step, {"loss": now.loss, "acc": now.acc, "img/s": speed})
+        self.trackers.step(self.epoch, step, {"loss": now.loss, "acc": now.acc, "img/s": speed,
+                                              "lr": self.current_lr()})
 
     def _stop_at(self, step: int) -> bool:
         """A stop was requested; under DDP all ranks agree on it at log intervals only."""
