@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from labkit import provenance
 from labkit.errors import LabkitError, RunInterrupted, exit_on
 from labkit.run_folder import mark_failed
 
@@ -43,14 +45,22 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     failed trial. Interrupts (SIGTERM, SIGINT) still stop the whole sweep.
     """
     metric = cfg.get("optimized_metric")
+    run_dir = _output_dir(cfg)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 keeps the records
+    record = provenance.start(run_dir) if main_rank else {}
     try:
         summary = task(cfg)
     except Exception as exc:
+        if main_rank and not isinstance(exc, RunInterrupted):  # a record for every failure
+            mark_failed(run_dir, exc)
+        if main_rank:
+            provenance.finish(run_dir, record)
         if in_multirun() and not isinstance(exc, RunInterrupted):
-            mark_failed(_output_dir(cfg), exc)
             log.error("job failed, the sweep goes on: %s: %s", type(exc).__name__, exc,
                       exc_info=not isinstance(exc, LabkitError))
             return math.nan if metric else None
         exit_on(exc)
+    if main_rank:
+        provenance.finish(run_dir, record, summary.get("data_fingerprint"))
     value = summary.get(metric) if metric else None
     return float(value) if isinstance(value, int | float) else None

@@ -115,7 +115,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     result = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), **prepared.info(),
               "test_loss": test["loss"],
               "test_acc": test["acc"], "per_class_acc": per_class,
-              "confusion_matrix": matrix.tolist()}
+              "confusion_matrix": matrix.tolist(), "data_fingerprint": datamodule.fingerprint}
     write_json(out / "eval.json", result)
 
     console = Console()

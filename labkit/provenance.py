@@ -7,6 +7,7 @@ online; ``labkit-report`` compares them across runs and ``labkit-report rerun`` 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from labkit import __version__
 from labkit.io import atomic_write_text
@@ -99,21 +101,45 @@ def machine() -> dict[str, Any]:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
 
 
-def collect(entry_point: str, overrides: list[str], data_fingerprint: str | None = None) -> dict[str, Any]:
-    """Everything but the end time; ``overrides`` are the job's Hydra overrides."""
-    code, _ = code_state()
+def job_overrides() -> list[str]:
+    """The Hydra overrides of the running job (a sweep job's own values included), or []."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything but the end time, for the process' entry point and the job's overrides."""
+    code, patch = code_state()
     return {
         "labkit_version": __version__,
-        "code": code,
+        "code": {**code, "patch_sha256": hashlib.sha256(patch.encode()).hexdigest()[:16] if patch else None},
         "packages": package_versions(),
         "machine": machine(),
-        "entry_point": entry_point,
+        "entry_point": Path(sys.argv[0]).stem,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "overrides": list(overrides),
+        "cwd": os.getcwd(),
+        "overrides": job_overrides(),
         "data_fingerprint": data_fingerprint,
         "started_utc": utc_now(),
         "ended_utc": None,
     }
+
+
+def start(run_dir: Path) -> dict[str, Any]:
+    """Collect and write the record as a run starts, so even a run that fails at once has one."""
+    record = collect()
+    write(run_dir, record)
+    return record
+
+
+def read(run_dir: Path) -> dict[str, Any]:
+    """A run folder's provenance.json, or {} (a run made before labkit recorded it)."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def write(run_dir: Path, record: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from labkit import __version__
+from labkit import __version__, provenance
 from labkit.engine import Callback, Engine, distributed, load_checkpoint
 from labkit.engine.engine import Criterion
 from labkit.run import PreparedModel, Runtime, build_engine, build_trackers, fit_and_test
@@ -58,7 +58,8 @@ class RunData:
 
     def sizes(self) -> dict[str, int]:
         """The split sizes every summary reports."""
-        return {f"{split}_size": self.datamodule.split_size(split) for split in ("train", "val", "test")}
+        sizes = {f"{split}_size": self.datamodule.split_size(split) for split in ("train", "val", "test")}
+        return {**sizes, "data_fingerprint": self.datamodule.fingerprint}
 
     @property
     def num_classes(self) -> int:
@@ -136,6 +137,7 @@ def run_evaluation(cfg: DictConfig, data: RunData, model: PreparedModel, run: St
 def recorded(run: StageRun, body: Callable[[], dict[str, Any]], engine: Engine) -> dict[str, Any]:
     """Start the trackers, run ``body`` (fit and test, or test), log its summary. When it raises,
     log a ``failed`` / ``interrupted`` summary with the progress so far, then raise again."""
+    record = provenance.start(run.folder) if run.trackers.trackers else {}  # rank 0 only
     run.trackers.start(run.config, run.info)
     for tracker in run.trackers.trackers:  # metrics.jsonl: the engine's epochs, not an earlier attempt's
         if isinstance(tracker, FileTracker):
@@ -154,4 +156,6 @@ def recorded(run: StageRun, body: Callable[[], dict[str, Any]], engine: Engine) 
         raise
     finally:
         run.trackers.finish(COMPLETED if status == LOADED else status)
+        if record:
+            provenance.finish(run.folder, record, run.info.get("data_fingerprint"))
     return summary

@@ -192,6 +192,7 @@ def combined_summary(outcomes: dict[str, Outcome]) -> dict[str, Any]:
     distilled = results["student_distill"]["summary"]
     summary.update({
         "seed": results["student_baseline"]["summary"].get("seed"),
+        "data_fingerprint": results["student_baseline"]["summary"].get("data_fingerprint"),
         "method": distilled.get("method"),
         "method_label": distilled.get("method_label"),
         "method_settings": distilled.get("method_settings"),

@@ -20,6 +20,7 @@ from labkit.report.figures import job_label
 from labkit.report.grads import comparison_rows, plot_grad_norm_comparison, print_table
 from labkit.report.jobs import ReportError, load_jobs
 from labkit.report.report import build_report
+from labkit.report.rerun import rerun
 from labkit.report.table import swept_keys
 
 
@@ -64,6 +65,10 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerun(args: argparse.Namespace) -> int:
+    return rerun(args.run_dir, dry_run=args.dry_run)
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="labkit-report", description="Reports on run directories: a run, a multirun, or any "
@@ -89,12 +94,17 @@ def parser() -> argparse.ArgumentParser:
     distill.add_argument("-o", "--out", type=Path, help="the methods' forest plot (default: "
                          "methods_forest.png in the first DIR)")
     distill.set_defaults(run=_distill)
+    again = commands.add_parser("rerun", help="start a run again from what its folder recorded "
+                                "(provenance.json): same entry point and overrides, a new run folder")
+    again.add_argument("run_dir", type=Path, help="a run directory (or a job folder of a multirun)")
+    again.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    again.set_defaults(run=_rerun)
     return main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("jobs", "grads", "distill", "-h", "--help"):
+    if argv and argv[0] not in ("jobs", "grads", "distill", "rerun", "-h", "--help"):
         argv.insert(0, "jobs")  # the original form: labkit-report DIR
     args = parser().parse_args(argv)
     try:

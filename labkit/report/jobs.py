@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from labkit import provenance
 from labkit.errors import LabkitError
 from labkit.run_folder import job_status
 from labkit.tracking.files import read_metrics
@@ -38,6 +39,8 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     #: grad_norms.json (analysis.grad_norms=true), None when the run did not record it
     grad_norms: dict[str, Any] | None = None
+    #: provenance.json: code, packages, machine, command, data ({} for runs made before it)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str) -> Any:
         """A summary figure, falling back on what metrics.jsonl says so far (running jobs)."""
@@ -88,6 +91,7 @@ def load_job(folder: Path, now: float | None = None) -> Job:
         status=job_status(summary, folder, now),
         config=config if isinstance(config, dict) else {},
         grad_norms=grad_norms or None,
+        provenance=provenance.read(folder),
     )
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from labkit.report.figures import job_label, make_figures
 from labkit.report.jobs import Job, load_jobs
+from labkit.report.origins import mismatch_warning
 from labkit.report.stats import Uncertainty, uncertainty
 from labkit.report.table import common_overrides, markdown_table, rich_table, swept_keys, write_csv
 
@@ -67,6 +68,8 @@ def markdown(folder: Path, jobs: list[Job], figures: list[Path],
     fixed = common_overrides(jobs) if len(jobs) > 1 else []
     if fixed:
         lines += ["Same in every job: " + ", ".join(f"`{item}`" for item in fixed), ""]
+    warning = mismatch_warning(jobs)
+    lines += [f"**{warning}**", ""] if warning else []
     lines += [markdown_table(jobs), "",
               "Accuracies in %, time in seconds (training and test). `report.csv` has the raw values.", ""]
     lines += spread.markdown() if spread else []
@@ -106,7 +109,14 @@ def build_report(folder: str | Path, out: str | Path | None = None, figures: boo
     csv_path = write_csv(jobs, out / "report.csv")
     if console is None:
         console = Console() if Console().is_terminal else Console(width=200)
+    warning = mismatch_warning(jobs)
+    if warning:
+        console.print(f"[yellow]{warning}[/]")
     console.print(rich_table(jobs, title=f"{folder.name}: {status_line(jobs)}"))
+    for job in jobs:
+        if job.status == "failed":
+            console.print(f"job {job.name} failed: {job.summary.get('error', 'no error recorded')}",
+                          highlight=False, markup=False)
     spread.print(console)
     console.print(f"report: {md_path}  table: {csv_path}  figures: {len(drawn)}", highlight=False)
     return Report(folder, jobs, drawn, md_path, csv_path)

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from labkit.report.jobs import Job
+from labkit.report.origins import code_label
 
 #: (summary key, column title, kind); kind picks the formatting
 RESULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -97,6 +98,8 @@ def metric_columns(jobs: Sequence[Job]) -> list[tuple[str, str, str]]:
     metric = _optimized_metric(jobs)
     if metric in present:
         extra.append(metric)
+    if any(job.provenance for job in jobs):  # provenance.json: which code made each run
+        columns.append(("code", "code", "text"))
     known = {key for key, _, _ in columns}
     for key in dict.fromkeys(extra):
         if key not in known:
@@ -121,6 +124,8 @@ def job_rows(jobs: Sequence[Job]) -> list[dict[str, Any]]:
         for key, _, _ in columns:
             if key == "status":
                 row[key] = job.status
+            elif key == "code":
+                row[key] = code_label(job)
             elif key == "total_time_s":
                 row[key] = _time(job)
             else:
