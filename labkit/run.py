@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,68 @@ log = logging.getLogger(__name__)
 #: a run whose last training loss is this many times its starting loss has diverged (a finite
 #: blow-up, e.g. optimizer.lr=1e9: 2.7e30), even though no NaN stopped it
 DIVERGED_FACTOR = 10.0
+
+
+# Keys that provably cannot change what a run learns or how it tests: where things are read or
+# written, what is logged and how often, the evaluation batch size (evaluation runs in eval mode,
+# sample by sample), and the bookkeeping of resuming and of distillation. Every other key of the
+# resolved config is a result setting: a distillation stage is reused (labkit.distill.stages) and a
+# checkpoint is resumed (labkit.training) only when all of them are unchanged, so a setting added
+# later is covered the day it is added.
+IGNORED_KEYS = (
+    "task_name", "tags", "optimized_metric", "logger", "paths",
+    "data.root", "data.download", "data.cache_dir", "data.eval_batch_size",
+    "trainer.log_every_n_steps", "trainer.checkpoint", "trainer.resume", "trainer.ckpt_path",
+    "distill.stage_store", "distill.force",
+)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and empty nodes stay values."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def under(key: str, prefixes: Sequence[str]) -> bool:
+    """``key`` is one of ``prefixes`` or lies below one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+#: stands for a key that one of two compared configs does not have
+ABSENT = object()
+
+
+def setting_differences(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (recorded value, current value) for every setting that differs between two
+    resolved configs (``hydra`` left out; an empty node, e.g. ``logger=none``, counts as no keys). A
+    node only one side has is named once, at its top (``teacher``, not each of its keys), with
+    :data:`ABSENT` on the other side."""
+    sides = [{k: v for k, v in flatten({k: v for k, v in config.items() if k != "hydra"}).items() if v != {}}
+             for config in (recorded, current)]
+    differences: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(sides[0]) | set(sides[1])):
+        values = tuple(side.get(key, ABSENT) for side in sides)
+        if values[0] is ABSENT or values[1] is ABSENT:
+            other = sides[1] if values[1] is ABSENT else sides[0]
+            name = _top_absent(key, other)  # a whole node: {} stands for its values
+            differences[name] = values if name == key else (*(ABSENT if v is ABSENT else {} for v in values),)
+        elif values[0] != values[1]:
+            differences[key] = values
+    return differences
+
+
+def _top_absent(key: str, other: dict[str, Any]) -> str:
+    """The shortest prefix of ``key`` that no key of ``other`` lies under."""
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n])
+        if not any(under(k, (prefix,)) for k in other):
+            return prefix
+    return key
 
 
 @dataclass(frozen=True)

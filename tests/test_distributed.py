@@ -30,10 +30,7 @@ def args(data_root, log_dir):
 
 def test_torchrun_two_ranks_matches_one_process(data_root, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "train.py"), "trainer=ddp", *args(data_root, tmp_path / "ddp")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    ddp = torchrun(env, str(ROOT / "train.py"), *args(data_root, tmp_path / "ddp"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single = run_cli("train.py", *args(data_root, tmp_path / "single"))
     assert single.returncode == 0, single.stderr
@@ -55,17 +52,34 @@ def test_torchrun_two_ranks_matches_one_process(data_root, tmp_path):
     assert sa["test_acc"] == pytest.approx(sb["test_acc"], abs=1e-9)  # metrics reduced over ranks
     assert sa["train_size"] == sb["train_size"]
 
-    # resume under DDP: the same run directory, one more epoch
-    resumed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "train.py"), "trainer=ddp", *args(data_root, tmp_path / "ddp"),
-         f"hydra.run.dir={run}", "trainer.epochs=2", "trainer.resume=true"],
-        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    # resume under DDP: SIGTERM after step 4 on both ranks (agreed on at step 5), then the same command
+    # with trainer.resume=true ends with the uninterrupted run's weights
+    stopped_run = tmp_path / "ddp-stopped"
+    stopped = torchrun(env, str(ROOT / "tests" / "helpers" / "fault_runner.py"), "TERM", "1", "4",
+                       *args(data_root, tmp_path / "ddp"), f"hydra.run.dir={stopped_run}",
+                       "trainer.log_every_n_steps=5")
+    assert stopped.returncode != 0 and "stopped by signal" in stopped.stderr, stopped.stderr[-3000:]
+    assert load_checkpoint(stopped_run / "checkpoints" / "last.pt")["partial_epoch"]["step"] == 5
+    resumed = torchrun(env, str(ROOT / "train.py"), *args(data_root, tmp_path / "ddp"),
+                       f"hydra.run.dir={stopped_run}", "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows] == [1, 2]
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert "resuming from" in resumed.stdout and "trainer.log_every_n_steps 5 -> 50" in resumed.stdout
+    c = load_checkpoint(stopped_run / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.allclose(a[key], c[key], atol=1e-6, rtol=1e-5), key
+    # the issue's case: a 1-epoch run resumed with more epochs is refused, nothing trained
+    longer = torchrun(env, str(ROOT / "train.py"), *args(data_root, tmp_path / "ddp"), f"hydra.run.dir={run}",
+                      "trainer.epochs=2", "trainer.resume=true")
+    assert longer.returncode != 0 and "trainer.epochs 1 -> 2" in longer.stderr, longer.stderr[-3000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def torchrun(env: dict, script: str, *script_args: str) -> subprocess.CompletedProcess:
+    """``script`` under torchrun with two ranks (``trainer=ddp`` after ``script_args``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
+         *script_args, "trainer=ddp"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
 
 
 def test_ddp_without_torchrun_is_a_clear_error(tmp_path):

@@ -82,8 +82,12 @@ def test_signal_writes_checkpoint_and_resume_is_exact(data_root, tmp_path, refer
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     if fault == "INT":  # the stop path is the same for both signals; resume once to save time
         return
-    resumed = run_cli("train.py", *common(data_root, run_dir), "trainer.resume=true")
+    # a setting that cannot change the result may differ: the run goes on, and says so
+    resumed = run_cli("train.py", *common(data_root, run_dir), "trainer.resume=true",
+                      "trainer.log_every_n_steps=7")
     assert resumed.returncode == 0, resumed.stderr
+    assert "the recorded run goes on unchanged" in resumed.stdout
+    assert "trainer.log_every_n_steps 50 -> 7" in resumed.stdout
     same_results(run_dir, reference_run)
 
 

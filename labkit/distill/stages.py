@@ -17,22 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from labkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from labkit.errors import CheckpointError, ConfigError
+from labkit.run import IGNORED_KEYS, flatten, under
 from labkit.run_folder import STAGE_ROLES, stage_path
 
 STAGE_FORMAT = "labkit-distill-stage-v1"
 STAGES = tuple(STAGE_ROLES)
 
-# Keys that provably cannot change what a stage learns or how it tests: where things are read or
-# written, what is logged and how often, the evaluation batch size (evaluation runs in eval mode,
-# sample by sample), and the bookkeeping of the distillation itself. Every other key of the
-# resolved config is part of a stage's fingerprint, so a setting added later is covered the day it
-# is added (tests/test_distill_stages.py flips each key of the composed config).
-IGNORED_KEYS = (
-    "task_name", "tags", "optimized_metric", "logger", "paths",
-    "data.root", "data.download", "data.cache_dir", "data.eval_batch_size",
-    "trainer.log_every_n_steps", "trainer.checkpoint", "trainer.resume", "trainer.ckpt_path",
-    "distill.stage_store", "distill.force",
-)
+# A stage's settings: its whole resolved config minus labkit.run.IGNORED_KEYS (the keys that
+# cannot change a result; resuming a checkpoint uses the same list), so a setting added later is
+# covered the day it is added (tests/test_distill_stages.py flips each key of the composed config).
+
 # What each stage reads of the distill node (the distilled student reads all of it).
 _TEACHER_DISTILL_KEYS = ("teacher_ckpt",)  # teacher_seed / teacher_epochs enter as trainer.*
 # Training-only keys that do not matter when the teacher is loaded from distill.teacher_ckpt.
@@ -53,20 +47,6 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
-    if not isinstance(node, dict) or (prefix and not node):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _under(key: str, prefixes: tuple[str, ...] | list[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
 def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
     """The resolved settings a stage's result depends on, as dotted keys: the whole config minus
     :data:`IGNORED_KEYS` and the parts that belong to other stages (the baseline does not read
@@ -76,16 +56,16 @@ def stage_settings(cfg: DictConfig, stage: str) -> dict[str, Any]:
         cfg = teacher_config(cfg)  # its epochs, and the schedule that follows them
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
-    flat = {k: v for k, v in _flatten(config).items() if not _under(k, IGNORED_KEYS)}
+    flat = {k: v for k, v in flatten(config).items() if not under(k, IGNORED_KEYS)}
     if stage == "student_distill":
         return flat
     if stage == "student_baseline":
-        return {k: v for k, v in flat.items() if not _under(k, ("teacher", "distill"))}
+        return {k: v for k, v in flat.items() if not under(k, ("teacher", "distill"))}
     own = tuple(f"distill.{name}" for name in _TEACHER_DISTILL_KEYS)
-    flat = {k: v for k, v in flat.items() if not _under(k, ("student", "distill")) or _under(k, own)}
+    flat = {k: v for k, v in flat.items() if not under(k, ("student", "distill")) or under(k, own)}
     flat["trainer.seed"] = teacher_seed(cfg)
     if OmegaConf.select(cfg, "distill.teacher_ckpt"):
-        flat = {k: v for k, v in flat.items() if not _under(k, _TRAINING_ONLY)}
+        flat = {k: v for k, v in flat.items() if not under(k, _TRAINING_ONLY)}
     return flat
 
 
