@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from labkit import provenance
 from labkit.errors import LabkitError, RunInterrupted, exit_on
-from labkit.run_folder import mark_failed
+from labkit.run_folder import is_finished, mark_failed, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     try:
         summary = task(cfg)
     except Exception as exc:
-        if main_rank and not isinstance(exc, RunInterrupted):  # a record for every failure
+        # a record for every failure, but a finished run's summary in the same folder (a refused
+        # resume) is what the user produced: it stays
+        if main_rank and not isinstance(exc, RunInterrupted) and (
+                in_multirun() or not is_finished(read_summary(run_dir))):
             mark_failed(run_dir, exc)
         if main_rank:
             provenance.finish(run_dir, record)
