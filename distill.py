@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from labkit.cli import run_task
+from labkit.config.overrides import unknown_keys_in_one_line
 from labkit.config.resolvers import register_resolvers
 from labkit.distill import distill
 from labkit.engine.distributed import join_process_group
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     join_process_group()  # under torchrun: one process group, one run directory
-    main()
+    with unknown_keys_in_one_line("distill"):  # a mistyped key: labkit's one line, not Hydra's five
+        main()

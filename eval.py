@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from labkit.cli import run_task
+from labkit.config.overrides import unknown_keys_in_one_line
 from labkit.config.resolvers import register_resolvers
 from labkit.evaluation import evaluate_checkpoint
 
@@ -16,4 +17,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with unknown_keys_in_one_line("eval"):  # a mistyped key: labkit's one line, not Hydra's five
+        main()

@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from labkit.cli import run_task
+from labkit.config.overrides import unknown_keys_in_one_line
 from labkit.config.resolvers import register_resolvers
 from labkit.explain import explain_checkpoints
 
@@ -18,4 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with unknown_keys_in_one_line("explain"):  # a mistyped key: labkit's one line, not Hydra's five
+        main()

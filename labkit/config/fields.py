@@ -224,6 +224,9 @@ class Node(Field):
     null: bool = False
     rules: Sequence[Rule] = ()
     what: str = "a mapping"
+    #: old key name -> its path below this node today (``temperature`` -> ``kd.temperature``), so
+    #: a command or config written for the old layout is told the new name
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         return f"{self.what} of {', '.join(self.fields)}" if self.fields else self.what
@@ -237,7 +240,8 @@ class Node(Field):
             return
         for name, item in value.items():
             if name not in self.fields:
-                raise unknown_key(f"{key}.{name}" if key else str(name), item, list(self.fields), key)
+                raise unknown_key(f"{key}.{name}" if key else str(name), item, list(self.fields), key,
+                                  self.renamed)
         for name, item_field in self.fields.items():  # in the schema's order: sources first
             if name in value:
                 item_field.check(value[name], f"{key}.{name}" if key else name)
@@ -245,15 +249,41 @@ class Node(Field):
             rule(value, key)
 
 
-def unknown_key(path: str, value: Any, known: Sequence[str], parent: str) -> ConfigError:
-    """``+residul=true``: name the key, its value, the nearest known names and all of them."""
-    name = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, [k for k in known if not k.startswith("_")], n=2, cutoff=0.6)
+def unknown_key(path: str, value: Any, known: Sequence[str], parent: str,
+                renamed: Mapping[str, str] | None = None, setting: str | None = None) -> ConfigError:
+    """``+residul=true``: name the key, its value, the nearest known names (a renamed key's new
+    name) and all of them. ``path`` may go deeper than ``parent``'s child (``distill.kdd.alpha``);
+    ``setting`` replaces ``path=value`` in the message (``~key``)."""
     prefix = f"{parent}." if parent else ""
-    hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
-    where = f"of {parent}" if parent else "at the root"
-    return ConfigError(f"{path}={shown(value)} is not a known key: {hint}"
-                       f"the keys {where} are {', '.join(known)}")
+    name = path[len(prefix):].split(".")[0]
+    if renamed and name in renamed:
+        hint = f"did you mean {prefix}{renamed[name]} (its new name)? "
+    else:
+        close = difflib.get_close_matches(name, [k for k in known if not k.startswith("_")], n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
+    listing = (f"the keys {f'of {parent}' if parent else 'at the root'} are {', '.join(known)}" if known
+               else f"{parent or 'the config'} has no keys")
+    return ConfigError(f"{setting or f'{path}={shown(value)}'} is not a known key: {hint}{listing}")
+
+
+def find_field(schema: Field, values: Any, path: str, setting: str) -> Field | ConfigError | None:
+    """What ``schema`` declares at the dotted ``path``: its field; a :class:`ConfigError` naming the
+    nearest keys at the first part it does not declare; None where it cannot tell (below a plain
+    value, a ``_target_`` it does not know). ``values``: the config, whose ``_target_`` picks each
+    :class:`Variants` node's keys on the way."""
+    current, parent, node = schema, "", values
+    for name in path.split("."):
+        if isinstance(current, Variants):
+            target = node.get("_target_") if isinstance(node, Mapping) else None
+            current = current.options.get(target) if isinstance(target, str) else None
+        if not isinstance(current, Node):
+            return None
+        if name not in current.fields:
+            return unknown_key(path, None, list(current.fields), parent, current.renamed, setting)
+        current = current.fields[name]
+        node = node.get(name) if isinstance(node, Mapping) else None
+        parent = f"{parent}.{name}" if parent else name
+    return current
 
 
 @dataclass

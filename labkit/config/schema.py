@@ -292,7 +292,7 @@ DISTILL = Node({
     "teacher_epochs": Int(min=1, null=True),
     "stage_store": Text(null=True, what="a folder path"),
     "force": Bool(),
-})
+}, renamed={"temperature": "kd.temperature", "alpha": "kd.alpha"})  # moved into kd when the methods came
 
 # --- the root of each entry point ----------------------------------------------------------
 _ROOT = {
