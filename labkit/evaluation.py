@@ -18,7 +18,7 @@ from labkit.analysis.confusion import confusion_matrix, per_class_accuracy, plot
 from labkit.config.validate import validate_config
 from labkit.engine import load_checkpoint
 from labkit.engine.checkpoint import load_model_weights
-from labkit.errors import CheckpointError
+from labkit.errors import CheckpointError, ConfigError
 from labkit.run import PreparedModel, Runtime, build_engine, build_model
 from labkit.run_folder import STAGE_ROLES, model_weights
 from labkit.tracking import write_json
@@ -65,11 +65,27 @@ class RebuiltRun:
         return prepared
 
 
+def override_data(run_data: DictConfig, data: DictConfig | dict[str, Any]) -> None:
+    """Replace the run's ``data`` values by this command's that are set. ``data.path`` exists only
+    for image-folder runs; a new ``data.root`` moves a recorded ``data.path`` that lay under the old
+    root along with it (``data=cifar10_jpeg``: ``<root>/CIFAR-10-JPEG``)."""
+    given = {k: v for k, v in data.items() if v is not None}
+    if "path" in given and "path" not in run_data:
+        raise ConfigError(f"data.path={given['path']} is for image-folder runs (data=imagefolder, "
+                          f"cifar10_jpeg); this run's data is read from data.root")
+    old_root, old_path = Path(str(run_data.get("root"))), Path(str(run_data.get("path")))
+    if {"root", "path"} <= set(run_data) and "path" not in given and "root" in given \
+            and old_path.is_relative_to(old_root):
+        given["path"] = str(Path(str(given["root"])) / old_path.relative_to(old_root))
+    for key, value in given.items():
+        run_data[key] = value
+
+
 def rebuild_run(ckpt_path: str | Path, data: DictConfig | dict[str, Any] | None = None,
                 device: str | None = None, role: str | None = None) -> RebuiltRun:
     """Load ``ckpt_path`` (a ``train.py`` checkpoint or a distillation stage's) and its config.
 
-    ``data``: keys that replace the run's ``data`` values when not None (``data.root=DIR``);
+    ``data``: keys that replace the run's ``data`` values when not None (``override_data``);
     ``device``: this command's device (the run's trainer settings otherwise, single process);
     ``role``: the model node to build (default ``model``, or the distillation stage's role).
     """
@@ -78,9 +94,7 @@ def rebuild_run(ckpt_path: str | Path, data: DictConfig | dict[str, Any] | None 
     if "config" not in state:
         raise CheckpointError(f"checkpoint {ckpt_path} carries no config to rebuild the model from")
     run_cfg = OmegaConf.create(state["config"])
-    for key, value in (data or {}).items():
-        if value is not None:
-            run_cfg.data[key] = value
+    override_data(run_cfg.data, data or {})
     role = role or ("model" if "model" in run_cfg else STAGE_ROLES.get(str(state.get("stage")), ""))
     if role not in run_cfg:
         raise CheckpointError(f"checkpoint {ckpt_path} has no model config (no 'model', and no "

@@ -337,3 +337,12 @@ def test_imagefolder_config_leaves_the_statistics_to_the_data(cfg_factory, tmp_p
     assert list(typed.data.mean) == [0.4, 0.4, 0.4]
     with pytest.raises(ConfigError, match="data.std"):
         validate_config(cfg_factory("data=imagefolder", "data.std=[0,1,1]"))
+
+
+def test_missing_cifar10_jpeg_names_both_ways_in_one_line(cfg_factory, tmp_path):
+    cfg = cfg_factory("data=cifar10_jpeg", f"data.root={tmp_path / 'nowhere'}")
+    with pytest.raises(DataError) as info:
+        instantiate(cfg.data).setup()
+    message = str(info.value)
+    assert "\n" not in message and "data=cifar10 data.download=true" in message
+    assert "data.root=<a folder holding CIFAR-10-JPEG/>" in message

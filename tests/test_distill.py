@@ -340,3 +340,17 @@ def test_gap_closed_and_seed_table():
     table = seeds_table(jobs)
     assert "| student baseline | 95.50 ± 0.71 | 10 |" in table
     assert "better in 2 of 2 runs" in table and "1.50 ± 0.71 points" in table
+
+
+@pytest.mark.parametrize("method,present,absent", [
+    ("kd", ["alpha * T^2 * KL"], ["attention"]),
+    ("at", ["at: weight * sum over points", "attention maps"], ["KL(teacher"]),
+    ("kd+at", ["alpha * T^2 * KL", "attention maps"], ["fitnet:"]),
+])
+def test_comparison_md_prints_the_formula_of_the_method_used(method, present, absent):
+    from labkit.distill.report import comparison_markdown
+
+    stage = {"test_acc": 0.9, "test_loss": 0.3, "params": 10}
+    text = comparison_markdown({"teacher": stage, "student_baseline": {**stage, "test_acc": 0.8},
+                                "student_distill": {**stage, "method": method}})
+    assert all(p in text for p in present) and not any(a in text for a in absent), text

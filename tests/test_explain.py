@@ -242,3 +242,66 @@ def test_output_inside_the_checkpoints_run_is_refused(bad_inputs, capsys):
     with pytest.raises(ConfigError, match="is inside the run of"):
         explain_checkpoints(explain_config(cnn, inside))
     assert not inside.exists()
+
+
+# -- image folders: sorted by class, and moved after training ------------------------------------
+def write_sorted_folder(root: Path, classes: int = 10, per_class: int = 6, size: int = 8) -> Path:
+    """train/ and test/ with ``classes`` class folders of random colour images: an image folder's
+    test set is read sorted by class."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (size, size, 3), generator=rng, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A CNN checkpoint of a ``data=cifar10_jpeg`` run (untrained) whose folder moved afterwards."""
+    root = tmp_path_factory.mktemp("folder")
+    old = write_sorted_folder(root / "old_root" / "CIFAR-10-JPEG")
+    ckpt = write_checkpoint(root / "run" / "checkpoints" / "best.pt", [
+        "model=convpool", "model.widths=[4,8]", "model.stem_width=4", "data=cifar10_jpeg",
+        f"data.root={old.parent}", "data.cache_dir=null", "data.image_size=8", "data.val_size=10"])
+    moved = root / "new_root" / "CIFAR-10-JPEG"
+    moved.parent.mkdir()
+    old.rename(moved)
+    return ckpt, moved
+
+
+def test_explain_fills_every_class_row_of_a_sorted_moved_image_folder(folder_run, tmp_path):
+    ckpt, moved = folder_run
+    out = tmp_path / "explain"
+    # the first 20 test images are classes 0 and 1 only: the pool is drawn across the test set
+    summary = explain_checkpoints(explain_config(ckpt, out, f"data.path={moved}", "explain.pool=20",
+                                                 "explain.per_class=1", "explain.steps=4"))
+    maps = torch.load(out / "maps.pt", weights_only=True)
+    assert sorted(set(maps["targets"].tolist())) == list(range(10))  # every class row filled
+    assert summary["pool"] == 20 and len(set(summary["test_indices"])) == summary["images"]
+    labels = torch.arange(10).repeat_interleave(6)  # the test set's labels, sorted by class
+    assert labels[maps["test_indices"]].tolist() == maps["targets"].tolist()
+    again = explain_checkpoints(explain_config(ckpt, tmp_path / "again", f"data.path={moved}",
+                                               "explain.pool=20", "explain.per_class=1", "explain.steps=4"))
+    assert again["test_indices"] == summary["test_indices"]  # seeded
+
+
+def test_eval_reads_a_moved_image_folder_by_path_or_root(folder_run, tmp_path):
+    from labkit.evaluation import evaluate_checkpoint
+
+    ckpt, moved = folder_run
+    for override in (f"data.path={moved}", f"data.root={moved.parent}"):
+        cfg = compose_config([f"ckpt_path={ckpt}", override], tmp_path / override[5:9], config_name="eval")
+        result = evaluate_checkpoint(cfg)
+        assert sum(sum(row) for row in result["confusion_matrix"]) == 60
+
+
+def test_data_path_on_a_run_without_a_folder_is_one_clear_error(bad_inputs, tmp_path):
+    _, _, cnn = bad_inputs
+    with pytest.raises(ConfigError, match="data.path=/x is for image-folder runs"):
+        explain_checkpoints(explain_config(cnn, tmp_path / "out", "data.path=/x"))

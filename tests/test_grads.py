@@ -282,3 +282,13 @@ def test_wandb_watch_attaches_to_the_active_run_for_the_fit_only(cfg_factory):
     watch.on_fit_start(engine)
     watch.on_fit_end(engine)
     assert calls == [("watch", "gradients", 7), ("unwatch",)]
+
+
+def test_grads_table_is_not_cut_to_80_columns_when_piped(capsys):
+    from labkit.report.grads import print_table
+
+    rows = [{"run": f"depth=16, residual=true, seed={i}", **{f"block {k} last": 1.2345e-3 * k
+                                                              for k in range(8)}} for i in range(2)]
+    print_table(rows)  # captured: not a terminal
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) > 80 and any("depth=16, residual=true, seed=1" in line for line in lines)

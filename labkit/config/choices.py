@@ -31,7 +31,8 @@ CACHE_TEACHER = ("auto", True, False)  # decided by the augmentation (auto), or 
 
 # -- explain --------------------------------------------------------------------------------
 EXPLAIN_METHODS = ("cam", "gradcam")
-EXPLAIN_TARGETS = ("pred", "true")  # whose class map is drawn and scored: the prediction or the label
+# whose class map is drawn and scored: the prediction or the label (not "true": Hydra reads it as a boolean)
+EXPLAIN_TARGETS = ("pred", "label")
 #: what a removed pixel becomes in the deletion / insertion curves, and what that means
 EXPLAIN_BASELINES = {
     "mean": "the data set's mean colour (0 after normalisation)",

@@ -314,8 +314,8 @@ ENTRY_POINTS: dict[str, Node] = {
         "ckpt_path": CHECKPOINT,
         "device": Custom(test=DEVICE.test, what=DEVICE.what, null=True),  # before trainer.device
         "trainer": Node({"device": DEVICE}),
-        "data": Node({"root": Text(null=True, what="a path"), "download": Bool(null=True),
-                      "eval_batch_size": Int(min=1, null=True)}),
+        "data": Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
+                      "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True)}),
         "paths": PATHS,
     }),
     "explain": Node({
@@ -325,8 +325,8 @@ ENTRY_POINTS: dict[str, Node] = {
             isinstance(v, list | tuple) and len(v) > 0 and all(isinstance(p, str) and p for p in v)),
             what="a checkpoint or run folder, or a list of them"),
         "trainer": Node({"device": DEVICE}),
-        "data": Node({"root": Text(null=True, what="a path"), "download": Bool(null=True),
-                      "eval_batch_size": Int(min=1, null=True)}),
+        "data": Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
+                      "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True)}),
         "paths": PATHS,
         "explain": Node({
             "method": Choice(EXPLAIN_METHODS),

@@ -103,6 +103,10 @@ class ImageFolder(ImageDataModule):
         return self.cache_dir / f"{self.path.name}-{key}-{self.in_channels}x{self.image_size}.pt"
 
     def load_raw(self) -> RawSplits:
+        if not self.path.is_dir() and self.path.name == "CIFAR-10-JPEG":  # data=cifar10_jpeg
+            raise DataError(f"data.path={str(self.path)!r} is not a folder: use the official CIFAR-10 "
+                            f"batches (data=cifar10 data.download=true), or data.root=<a folder holding "
+                            f"CIFAR-10-JPEG/>")
         if not self.path.is_dir():
             raise DataError(f"data.path={str(self.path)!r} is not a folder; expected "
                             f"train/<class>/*.png|jpg and test/<class>/*.png|jpg inside")

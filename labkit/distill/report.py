@@ -35,6 +35,23 @@ def method_name(summary: dict[str, Any]) -> str:
     return f"kd (T={summary.get('temperature', 0):g}, alpha={summary.get('alpha', 0):g})"
 
 
+# each method's term in the distilled student's loss (conf/distill.yaml names the weights)
+FORMULAS = {
+    "kd": "kd: alpha * T^2 * KL(teacher || student at T)",
+    "fitnet": "fitnet: weight * MSE(connector(student hint), teacher hint)",
+    "at": "at: weight * sum over points of mean((Q_s - Q_t)^2), Q the L2-normalised attention maps",
+    "rkd": "rkd: distance_weight * Huber(distances) + angle_weight * Huber(angles) of embeddings",
+    "dkd": "dkd: T^2 * (alpha * KL(target/rest) + beta * KL(non-target classes)), warmed up",
+    "dist": "dist: T^2 * (beta * (1 - inter-class r) + gamma * (1 - intra-class r)), r Pearson's",
+}
+
+
+def method_formulas(method: Any) -> str:
+    """The terms of ``method`` (``kd``, ``kd+at``, ``[kd, at]``), each with its formula."""
+    names = [n.strip() for n in (method.split("+") if isinstance(method, str) else map(str, method))]
+    return "; ".join(FORMULAS.get(name, f"{name}: see labkit/distill/methods") for name in names)
+
+
 def comparison_table(summaries: dict[str, dict[str, Any]]) -> str:
     """The original lab's columns (model, test acc %, test loss, params) plus gap closed (%)."""
     teacher, baseline, distilled = (summaries[k] for k in LABELS)
@@ -57,8 +74,8 @@ def comparison_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     same_init = baseline.get("initial_weights_sha256") == distilled.get("initial_weights_sha256")
     notes = [
         f"- distilled student's loss: {distilled.get('ce_weight', 1 - distilled.get('alpha', 0)):g} x CE + "
-        f"the {distilled.get('method', 'kd')} term(s) (conf/distill.yaml; kd's is alpha * T^2 * "
-        f"KL(teacher || student at T)); teacher outputs: {distilled.get('teacher_outputs')}.",
+        f"the {distilled.get('method', 'kd')} term(s) ({method_formulas(distilled.get('method', 'kd'))}; "
+        f"conf/distill.yaml); teacher outputs: {distilled.get('teacher_outputs')}.",
         f"- both students started from the same initial weights: {'yes' if same_init else 'NO'} "
         f"(sha256 {baseline.get('initial_weights_sha256')} / {distilled.get('initial_weights_sha256')}).",
         f"- epochs: teacher {summaries['teacher'].get('epochs_completed')}, students "

@@ -224,6 +224,22 @@ def select_grid(targets: torch.Tensor, preds: torch.Tensor, num_classes: int,
     return chosen, slots
 
 
+def pool_indices(targets: torch.Tensor, num_classes: int, size: int, seed: int) -> torch.Tensor:
+    """``size`` test images drawn across the whole test set (seeded), as evenly over the classes as
+    they allow, in test-set order: an image folder's test set is sorted by class, so its first
+    images would be one or two classes only."""
+    cpu = targets.cpu()
+    order = torch.randperm(len(cpu), generator=torch.Generator().manual_seed(seed))
+    shuffled = cpu[order]
+    rank = torch.zeros(len(cpu), dtype=torch.long)  # each image's place among its class, shuffled
+    for c in range(num_classes):
+        members = (shuffled == c).nonzero().flatten()
+        rank[members] = torch.arange(len(members))
+    # round robin over the classes: every class's first image, then every class's second, ...
+    picked = order[torch.argsort(rank * len(cpu) + torch.arange(len(cpu)))[:size]]
+    return picked.sort().values.to(targets.device)
+
+
 def select_per_class(targets: torch.Tensor, num_classes: int, count: int) -> list[int]:
     """The first ``count`` images of each class, class by class."""
     return [i for c in range(num_classes) for i in (targets == c).nonzero().flatten()[:count].tolist()]
@@ -292,11 +308,12 @@ class Shown:
 
 def choose_images(runs: Sequence[Explained], cfg: DictConfig) -> Shown:
     """Side by side: ``2 x per_class`` test images per class; one run: per class its first correctly
-    and wrongly classified images among the first ``explain.pool`` test images."""
+    and wrongly classified images among ``explain.pool`` test images drawn evenly over the classes."""
     datamodule = runs[0].run.datamodule()
     loader = datamodule.loader("test")
     pool = min(int(cfg.explain.pool), loader.num_samples)
-    images, targets = loader.images[:pool], loader.targets[:pool]
+    where = pool_indices(loader.targets, datamodule.num_classes, pool, int(cfg.explain.seed))
+    images, targets = loader.images[where], loader.targets[where]
     per_class, slots = int(cfg.explain.per_class), None
     if len(runs) > 1:
         chosen = select_per_class(targets, datamodule.num_classes, 2 * per_class)
@@ -305,7 +322,7 @@ def choose_images(runs: Sequence[Explained], cfg: DictConfig) -> Shown:
         chosen, slots = select_grid(targets, pool_preds, datamodule.num_classes, per_class)
     index = torch.tensor(chosen, dtype=torch.long, device=images.device)
     shown = images[index]
-    return Shown(class_names(datamodule), datamodule.num_classes, pool, index, shown, targets[index],
+    return Shown(class_names(datamodule), datamodule.num_classes, pool, where[index], shown, targets[index],
                  loader.normalise(shown), baseline_images(str(cfg.explain.baseline), shown, loader), slots)
 
 
@@ -335,7 +352,7 @@ def explain_checkpoints(cfg: DictConfig) -> dict[str, Any]:
 def _what(runs: Sequence[Explained], cfg: DictConfig) -> str:
     """The figures' caption: method, layer(s) and which class is explained."""
     layer, target = ", ".join(sorted({e.layer for e in runs})), cfg.explain.target
-    return f"{cfg.explain.method} at {layer}, class: {'predicted' if target == 'pred' else 'true'}"
+    return f"{cfg.explain.method} at {layer}, class: {'predicted' if target == 'pred' else 'label'}"
 
 
 def draw(runs: Sequence[Explained], results: dict[str, dict[str, Any]], shown: Shown, cfg: DictConfig,

@@ -87,4 +87,5 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in rows:
         table.add_row(*(_fmt(row.get(c)) for c in columns))
-    Console().print(table)
+    # piped or redirected: wide, as labkit-report jobs, rather than rich's default of 80 columns
+    (Console() if Console().is_terminal else Console(width=200)).print(table)
