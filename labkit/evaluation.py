@@ -27,12 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def eval_device(cfg: DictConfig) -> str:
-    """``trainer.device`` (the name every entry point uses); the old root ``device`` still wins
-    when set, with a warning."""
-    old = OmegaConf.select(cfg, "device", default=None)
-    if old is not None:
-        log.warning("eval.py: device=%s is the old name; use trainer.device=%s", old, old)
-        return str(old)
+    """``trainer.device``, the name every entry point uses (the old root ``device`` is refused
+    with a pointer to it)."""
     return str(OmegaConf.select(cfg, "trainer.device", default="auto"))
 
 

@@ -128,7 +128,7 @@ CASES = [
     ("eval", [], "ckpt_path is missing: expected the path of an existing checkpoint file"),
     ("eval", ["ckpt_path=/no/such/best.pt"], "ckpt_path='/no/such/best.pt' is invalid"),
     ("eval", [f"ckpt_path={CKPT}", "trainer.device=tpu"], "trainer.device='tpu' is invalid"),
-    ("eval", [f"ckpt_path={CKPT}", "device=tpu"], "device='tpu' is invalid"),
+    ("eval", [f"ckpt_path={CKPT}", "device=cpu"], "did you mean trainer.device (its new name)?"),
     ("eval", [f"ckpt_path={CKPT}", "data.eval_batch_size=0"], "data.eval_batch_size=0"),
     ("eval", [f"ckpt_path={CKPT}", "+residul=true"], "residul=true is not a known key"),
     ("eval", [f"ckpt_path={CKPT}", "paths.output_dir=/proc/x"], "paths.output_dir='/proc/x'"),

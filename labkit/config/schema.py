@@ -312,12 +312,11 @@ ENTRY_POINTS: dict[str, Node] = {
     "eval": Node({
         "task_name": Text(),
         "ckpt_path": CHECKPOINT,
-        "device": Custom(test=DEVICE.test, what=DEVICE.what, null=True),  # before trainer.device
         "trainer": Node({"device": DEVICE}),
         "data": Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
                       "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True)}),
         "paths": PATHS,
-    }),
+    }, renamed={"device": "trainer.device"}),
     "explain": Node({
         "task_name": Text(),
         # one checkpoint, a run folder, or a list of them (what each is, the command checks)
