@@ -327,6 +327,14 @@ def test_distill_command_sweeps_and_leaves_every_file(data_root, tmp_path):
         assert summary["teacher_params"] > summary["student_baseline_params"]
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         assert f"distill.kd.temperature={T:g}" in overrides
+        # provenance in the job's folder (its own sweep values) and in every stage's folder
+        record = json.loads((job / "provenance.json").read_text())
+        assert f"distill.kd.temperature={T:g}" in record["overrides"] and record["entry_point"] == "distill"
+        assert record["data_fingerprint"] == summary["data_fingerprint"] is not None
+        for stage in STAGES:
+            stage_record = json.loads((job / stage / "provenance.json").read_text())
+            assert stage_record["data_fingerprint"] == summary["data_fingerprint"]
+            assert stage_record["ended_utc"] is not None
 
 
 # -- the report ----------------------------------------------------------------------------------

@@ -204,6 +204,8 @@ def test_eval_rebuilds_the_model_from_its_checkpoint(reference_run, data_root, t
     matrix = torch.tensor(report["confusion_matrix"])
     assert matrix.sum() == summary["test_size"] and len(report["per_class_acc"]) == 10
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    record = json.loads((tmp_path / "eval" / "provenance.json").read_text())  # eval.py's own record
+    assert record["entry_point"] == "eval" and record["data_fingerprint"] == summary["data_fingerprint"]
     bad = run_cli("eval.py", f"ckpt_path={tmp_path / 'eval' / 'eval.json'}",
                   f"hydra.run.dir={tmp_path / 'eval2'}")
     assert bad.returncode == 2 and "cannot be read" in bad.stderr
