@@ -160,4 +160,4 @@ def test_a_run_that_fails_before_training_leaves_a_failed_summary_the_report_lis
     assert summary["status"] == "failed" and "MNIST not found" in summary["error"]
     assert (run / "provenance.json").is_file()
     build_report(run, figures=False)
-    assert f"job {run.name} failed: DataError: MNIST not found" in capsys.readouterr().out
+    assert f"job {run.name} failed: MNIST not found" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass
@@ -113,9 +114,10 @@ def build_report(folder: str | Path, out: str | Path | None = None, figures: boo
     if warning:
         console.print(f"[yellow]{warning}[/]")
     console.print(rich_table(jobs, title=f"{folder.name}: {status_line(jobs)}"))
-    for job in jobs:
+    for job in jobs:  # each failed job with its one-line error (the class name is for report.csv)
         if job.status == "failed":
-            console.print(f"job {job.name} failed: {job.summary.get('error', 'no error recorded')}",
+            error = str(job.summary.get("error") or "no error recorded")
+            console.print(f"job {job.name} failed: {re.sub(r'^[A-Za-z]+(Error|Exception): ', '', error)}",
                           highlight=False, markup=False)
     spread.print(console)
     console.print(f"report: {md_path}  table: {csv_path}  figures: {len(drawn)}", highlight=False)
