@@ -161,3 +161,21 @@ def test_a_run_that_fails_before_training_leaves_a_failed_summary_the_report_lis
     assert (run / "provenance.json").is_file()
     build_report(run, figures=False)
     assert f"job {run.name} failed: MNIST not found" in capsys.readouterr().out
+
+
+def test_the_distillation_aggregate_and_methods_table_warn_too(tmp_path, capsys):
+    from labkit.report.distill import find_job_summaries, origins_warning, write_methods_report
+
+    for i, (commit, method) in enumerate((("a" * 40, "kd"), ("b" * 40, "kd"), ("a" * 40, "at"))):
+        fake_run(tmp_path / "sweep" / str(i), commit, "f1")
+        summary = {"status": "completed", "seed": 0, "method": method, "method_label": method,
+                   "distill_gain_pp": 1.0, "gap_closed_pct": 10.0}
+        for stage, acc in (("teacher", 0.9), ("student_baseline", 0.8), ("student_distill", 0.81)):
+            summary.update({f"{stage}_test_acc": acc, f"{stage}_params": 10})
+        (tmp_path / "sweep" / str(i) / "summary.json").write_text(json.dumps(summary))
+    assert report_main(["distill", str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("warning: the runs compared here differ in code (aaaaaaa, bbbbbbb)")
+    folder = tmp_path / "sweep"
+    text = write_methods_report(folder, find_job_summaries([folder]), origins_warning([folder])).read_text()
+    assert "**warning: the runs compared here differ in code" in text

@@ -49,11 +49,20 @@ def _grads(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     # imported here for start-up time, not a cycle: labkit.distill's package imports torch (about
     # 2 s), which the other commands never need
-    from labkit.report.distill import find_job_summaries, methods_table, plot_methods_forest, seeds_table
+    from labkit.report.distill import (
+        find_job_summaries,
+        methods_table,
+        origins_warning,
+        plot_methods_forest,
+        seeds_table,
+    )
 
     summaries = find_job_summaries(args.dirs)
     if not summaries:
         raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
+    warning = origins_warning(args.dirs)
+    if warning:
+        print(warning)
     methods = {s.get("method_label") or s.get("method") for s in summaries}
     if len(methods) < 2:  # one method: mean and spread over its jobs
         print(seeds_table(summaries))

@@ -17,12 +17,19 @@ from typing import Any
 from labkit.distill.report import LABELS, method_name
 from labkit.report.forest import ForestRow, plot_forest
 from labkit.report.jobs import load_jobs
+from labkit.report.origins import mismatch_warning
 from labkit.report.stats import Estimate, estimate
 
 
 def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
     """Every distillation summary.json under ``roots`` (run directories or folders above them)."""
     return [job.summary for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
+
+
+def origins_warning(roots: Sequence[Path]) -> str | None:
+    """The one-line warning when the distillation jobs under ``roots`` were made by different
+    code, from different data or with different packages (their provenance.json)."""
+    return mismatch_warning([job for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary])
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -114,10 +121,12 @@ def plot_methods_forest(jobs: Sequence[dict[str, Any]], out: Path) -> Path:
                        references=[("teacher − baseline", gap)] if gap is not None else [])
 
 
-def write_methods_report(folder: Path, jobs: Sequence[dict[str, Any]]) -> Path:
-    """``methods.md`` in ``folder``: the methods table and its forest plot (``methods_forest.png``)."""
+def write_methods_report(folder: Path, jobs: Sequence[dict[str, Any]], warning: str | None = None) -> Path:
+    """``methods.md`` in ``folder``: the methods table and its forest plot (``methods_forest.png``),
+    with the runs' provenance warning above the table when there is one."""
     figure = plot_methods_forest(jobs, Path(folder) / "methods_forest.png")
     path = Path(folder) / "methods.md"
-    path.write_text(f"# Distillation methods: {Path(folder).name}\n\n{methods_table(jobs)}\n\n"
+    note = f"**{warning}**\n\n" if warning else ""
+    path.write_text(f"# Distillation methods: {Path(folder).name}\n\n{note}{methods_table(jobs)}\n\n"
                     f"![paired difference to the baseline student per method]({figure.name})\n")
     return path
