@@ -36,13 +36,11 @@ def git(repo: Path, *args: str) -> str:
                                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}).stdout
 
 
-# -- the record ------------------------------------------------------------------------------------
-def test_a_train_run_records_code_packages_machine_command_and_data(data_root, tmp_path):
-    result = run_cli("train.py", *tiny(data_root, tmp_path, "model.depth=1"))
-    assert result.returncode == 0, result.stderr
-    run = only_run(tmp_path)
+# -- the record ---------------------------------------------------------------------------------
+def check_record(run: Path, *override: str) -> None:
+    """provenance.json of a finished train.py run: code, packages, machine, command, data."""
     record = json.loads((run / "provenance.json").read_text())
-    assert record["entry_point"] == "train" and "model.depth=1" in record["overrides"]
+    assert record["entry_point"] == "train" and set(override) <= set(record["overrides"])
     assert record["command"].startswith("train.py ") and record["cwd"] == str(ROOT)
     assert {"python", "torch", "torchvision", "hydra-core", "omegaconf"} <= set(record["packages"])
     assert record["machine"]["cpu_count"] >= 1 and "torch_threads" in record["machine"]
@@ -123,10 +121,12 @@ def test_the_report_shows_each_runs_commit_and_warns_when_they_differ(tmp_path, 
 
 
 # -- re-run from the folder -------------------------------------------------------------------------
-def test_rerun_from_the_folder_repeats_a_deterministic_cpu_run(data_root, tmp_path):
+def test_a_run_records_where_it_came_from_and_reruns_from_its_folder(data_root, tmp_path):
+    """The record of a deterministic CPU run, and a re-run from it with equal metrics."""
     result = run_cli("train.py", *tiny(data_root, tmp_path, "trainer.deterministic=true", "trainer.seed=3"))
     assert result.returncode == 0, result.stderr
     first = only_run(tmp_path)
+    check_record(first, "trainer.seed=3")
     again = subprocess.run([sys.executable, "-m", "labkit.report", "rerun", str(first)],
                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
                            env={**os.environ, "WANDB_MODE": "disabled"})
