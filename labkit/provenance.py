@@ -119,6 +119,7 @@ def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
         "entry_point": Path(sys.argv[0]).stem,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "cwd": os.getcwd(),
+        "pid": os.getpid(),
         "overrides": job_overrides(),
         "data_fingerprint": data_fingerprint,
         "started_utc": utc_now(),
@@ -127,8 +128,19 @@ def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
 
 
 def start(run_dir: Path) -> dict[str, Any]:
-    """Collect and write the record as a run starts, so even a run that fails at once has one."""
+    """Collect and write the record as a run starts, so even a run that fails at once has one.
+    A folder that already has a record (a resumed run) keeps it under ``earlier``, and its patch
+    as ``code-<patch_sha256>.patch``: nothing an earlier process recorded is lost."""
     record = collect()
+    earlier = read(run_dir)
+    if earlier.get("pid") == record["pid"]:  # this process wrote it (the job, then its stage)
+        record["earlier"] = earlier.get("earlier", [])
+    elif earlier:
+        record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"},
+                             *earlier.get("earlier", [])]
+        old_patch, old_sha = Path(run_dir) / PATCH_FILE, (earlier.get("code") or {}).get("patch_sha256")
+        if old_patch.is_file() and old_sha and old_sha != record["code"].get("patch_sha256"):
+            old_patch.rename(Path(run_dir) / f"code-{old_sha}.patch")
     write(run_dir, record)
     return record
 

@@ -179,3 +179,14 @@ def test_the_distillation_aggregate_and_methods_table_warn_too(tmp_path, capsys)
     folder = tmp_path / "sweep"
     text = write_methods_report(folder, find_job_summaries([folder]), origins_warning([folder])).read_text()
     assert "**warning: the runs compared here differ in code" in text
+
+
+def test_a_resumed_run_keeps_the_earlier_record_of_its_folder(tmp_path, monkeypatch):
+    first = provenance.start(tmp_path)
+    provenance.finish(tmp_path, first)
+    again = provenance.start(tmp_path)  # the same process (the job, then its stage): no history
+    assert again["earlier"] == []
+    monkeypatch.setattr(provenance.os, "getpid", lambda: -1)  # another process resumes the run
+    later = provenance.start(tmp_path)
+    record = json.loads((tmp_path / "provenance.json").read_text())
+    assert later["pid"] == -1 and [r["started_utc"] for r in record["earlier"]] == [again["started_utc"]]
