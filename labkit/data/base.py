@@ -93,8 +93,9 @@ class ImageDataModule:
     def download_files(self) -> None:
         raise DataError(f"{self.name} cannot be downloaded")
 
-    def require_files(self, folder: Path, relative: str, kinds: str = "") -> None:
-        """Download what is missing when ``data.download`` allows it, else stop with one line."""
+    def require_files(self, folder: Path, relative: str, kinds: str = "", alternative: str = "") -> None:
+        """Download what is missing when ``data.download`` allows it, else stop with one line
+        (``alternative``: another way to the same data, e.g. a local copy in another format)."""
         if self.missing_files() and self.download:
             self.download_files()
         missing = self.missing_files()
@@ -102,6 +103,7 @@ class ImageDataModule:
             raise DataError(
                 f"{self.name} not found: {folder} lacks {', '.join(missing)}{kinds}. Set "
                 f"data.download=true to fetch them, or data.root=DIR where DIR/{relative}/ holds them"
+                f"{alternative}"
             )
 
     def setup(self, device: torch.device | str = "cpu") -> None:

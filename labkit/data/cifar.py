@@ -84,8 +84,10 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Te
 def download_cifar(layout: CifarLayout, root: Path) -> None:
     """Download through torchvision, then move the finished folder into place."""
     target = root / layout.folder
+    offline = (", or read the JPEG copy with data=cifar10_jpeg data.root=<folder holding CIFAR-10-JPEG/>"
+               if layout.folder.startswith("cifar-10-") else "")
     with torchvision_download(layout.torchvision_class, root, target,
-                              "unpack the python version of the archive there by hand") as tmp:
+                              f"unpack the python version of the archive there by hand{offline}") as tmp:
         if target.exists():
             shutil.rmtree(target)
         shutil.move(str(tmp / layout.folder), target)
@@ -116,7 +118,9 @@ class CIFAR(ImageDataModule):
         download_cifar(self.layout, self.root)
 
     def load_raw(self) -> RawSplits:
-        self.require_files(self.folder, self.layout.folder)
+        jpeg = (", or read the JPEG copy: data=cifar10_jpeg data.root=<folder holding CIFAR-10-JPEG/>"
+                if self.layout.folder.startswith("cifar-10-") else "")
+        self.require_files(self.folder, self.layout.folder, alternative=jpeg)
         if self.num_classes != self.layout.num_classes or self.in_channels != 3 or self.image_size != 32:
             raise DataError(f"{self.name} has {self.layout.num_classes} classes of 3x32x32 images; the "
                             f"config says num_classes={self.num_classes}, in_channels={self.in_channels}, "
