@@ -64,6 +64,13 @@ def code_state() -> tuple[dict[str, Any], str]:
     return {"commit": commit, "dirty": bool(patch)}, patch
 
 
+def code_record() -> dict[str, Any]:
+    """:func:`code_state` as recorded: commit, dirty and a hash of the patch (two dirty trees of
+    one commit differ by it)."""
+    code, patch = code_state()
+    return {**code, "patch_sha256": hashlib.sha256(patch.encode()).hexdigest()[:16] if patch else None}
+
+
 def short_commit(record: dict[str, Any]) -> str:
     """``1a2b3c4`` or ``1a2b3c4+dirty`` (``?`` when the code was not in git)."""
     code = record.get("code") or {}
@@ -108,12 +115,12 @@ def job_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
-    """Everything but the end time, for the process' entry point and the job's overrides."""
-    code, patch = code_state()
+def collect() -> dict[str, Any]:
+    """Everything but the end time and the data read, for the process' entry point and the job's
+    overrides."""
     return {
         "labkit_version": __version__,
-        "code": {**code, "patch_sha256": hashlib.sha256(patch.encode()).hexdigest()[:16] if patch else None},
+        "code": code_record(),
         "packages": package_versions(),
         "machine": machine(),
         "entry_point": Path(sys.argv[0]).stem,
@@ -121,7 +128,7 @@ def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
         "cwd": os.getcwd(),
         "pid": os.getpid(),
         "overrides": job_overrides(),
-        "data_fingerprint": data_fingerprint,
+        "data_fingerprint": None,
         "started_utc": utc_now(),
         "ended_utc": None,
     }
@@ -130,18 +137,23 @@ def collect(data_fingerprint: str | None = None) -> dict[str, Any]:
 def start(run_dir: Path) -> dict[str, Any]:
     """Collect and write the record as a run starts, so even a run that fails at once has one.
     A folder that already has a record (a resumed run) keeps it under ``earlier``, and its patch
-    as ``code-<patch_sha256>.patch``: nothing an earlier process recorded is lost."""
-    record = collect()
+    as ``code-<patch_sha256>.patch``: nothing an earlier process recorded is lost. The record this
+    very process already wrote there (train.py's job folder is also its stage's) is returned as
+    it is."""
     earlier = read(run_dir)
-    if earlier.get("pid") == record["pid"]:  # this process wrote it (the job, then its stage)
-        record["earlier"] = earlier.get("earlier", [])
-    elif earlier:
+    if earlier.get("pid") == os.getpid():
+        return earlier
+    record = collect()
+    if earlier:
         record["earlier"] = [{k: v for k, v in earlier.items() if k != "earlier"},
                              *earlier.get("earlier", [])]
         old_patch, old_sha = Path(run_dir) / PATCH_FILE, (earlier.get("code") or {}).get("patch_sha256")
         if old_patch.is_file() and old_sha and old_sha != record["code"].get("patch_sha256"):
             old_patch.rename(Path(run_dir) / f"code-{old_sha}.patch")
-    write(run_dir, record)
+    _write_record(run_dir, record)
+    _, patch = code_state()
+    if patch:
+        atomic_write_text(Path(run_dir) / PATCH_FILE, patch)
     return record
 
 
@@ -154,15 +166,11 @@ def read(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def write(run_dir: Path, record: dict[str, Any]) -> None:
-    """``provenance.json``, and ``code.patch`` when the tree was dirty (``git apply`` on the
-    recorded commit rebuilds the code)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
-    _, patch = code_state()
-    if patch:
-        atomic_write_text(run_dir / PATCH_FILE, patch)
+def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """``provenance.json`` (``code.patch`` beside it is written once, by :func:`start`: ``git
+    apply`` on the recorded commit rebuilds the code)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / PROVENANCE_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def finish(run_dir: Path, record: dict[str, Any], data_fingerprint: str | None = None) -> None:
@@ -170,4 +178,4 @@ def finish(run_dir: Path, record: dict[str, Any], data_fingerprint: str | None =
     record["ended_utc"] = utc_now()
     if data_fingerprint is not None:
         record["data_fingerprint"] = data_fingerprint
-    write(run_dir, record)
+    _write_record(run_dir, record)

@@ -88,9 +88,8 @@ def test_a_clean_tree_has_no_patch_and_outside_git_the_run_goes_on(repo, tmp_pat
     monkeypatch.setattr(provenance, "CODE_ROOT", tmp_path / "not-a-checkout")
     (tmp_path / "not-a-checkout").mkdir()
     provenance.code_state.cache_clear()
-    record = provenance.collect()
+    record = provenance.start(tmp_path / "run")
     assert record["code"]["commit"] is None and "not a git checkout" in record["code"]["note"]
-    provenance.write(tmp_path / "run", record)
     assert json.loads((tmp_path / "run" / "provenance.json").read_text())["code"]["commit"] is None
 
 
@@ -164,7 +163,8 @@ def test_a_run_that_fails_before_training_leaves_a_failed_summary_the_report_lis
 
 
 def test_the_distillation_aggregate_and_methods_table_warn_too(tmp_path, capsys):
-    from labkit.report.distill import find_job_summaries, origins_warning, write_methods_report
+    from labkit.report.distill import find_distill_jobs, write_methods_report
+    from labkit.report.origins import mismatch_warning
 
     for i, (commit, method) in enumerate((("a" * 40, "kd"), ("b" * 40, "kd"), ("a" * 40, "at"))):
         fake_run(tmp_path / "sweep" / str(i), commit, "f1")
@@ -177,15 +177,16 @@ def test_the_distillation_aggregate_and_methods_table_warn_too(tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.startswith("warning: the runs compared here differ in code (aaaaaaa, bbbbbbb)")
     folder = tmp_path / "sweep"
-    text = write_methods_report(folder, find_job_summaries([folder]), origins_warning([folder])).read_text()
+    jobs = find_distill_jobs([folder])
+    text = write_methods_report(folder, [job.summary for job in jobs], mismatch_warning(jobs)).read_text()
     assert "**warning: the runs compared here differ in code" in text
 
 
 def test_a_resumed_run_keeps_the_earlier_record_of_its_folder(tmp_path, monkeypatch):
     first = provenance.start(tmp_path)
     provenance.finish(tmp_path, first)
-    again = provenance.start(tmp_path)  # the same process (the job, then its stage): no history
-    assert again["earlier"] == []
+    again = provenance.start(tmp_path)  # the same process (the job, then its stage): its own record
+    assert again == json.loads((tmp_path / "provenance.json").read_text()) and "earlier" not in again
     monkeypatch.setattr(provenance.os, "getpid", lambda: -1)  # another process resumes the run
     later = provenance.start(tmp_path)
     record = json.loads((tmp_path / "provenance.json").read_text())

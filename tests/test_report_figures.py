@@ -12,7 +12,7 @@ from rich.console import Console
 
 from labkit.report import build_report, load_jobs
 from labkit.report.cli import main
-from labkit.report.distill import find_job_summaries, method_results, write_methods_report
+from labkit.report.distill import find_distill_jobs, method_results, write_methods_report
 from labkit.report.figures import draw_accuracy_vs, is_categorical, reference_levels, x_axis_keys
 from labkit.report.forest import ForestRow, comparison_rows, draw_forest
 from labkit.report.stats import comparisons, estimate
@@ -177,7 +177,7 @@ def test_paired_comparisons_of_the_report_are_forest_plots(tmp_path):
 
 
 def test_the_methods_table_has_its_forest_plot(methods_study, capsys, tmp_path):
-    summaries = find_job_summaries([methods_study])
+    summaries = [job.summary for job in find_distill_jobs([methods_study])]
     results = method_results(summaries)
     assert [m.label for m in results] == ["fitnet", "kd", "at"]  # the table's order: best first
     assert results[0].difference.mean == pytest.approx(1.5)

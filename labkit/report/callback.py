@@ -42,11 +42,12 @@ class MethodsReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(config.hydra.sweep.dir)
         try:
-            from labkit.report.distill import find_job_summaries, origins_warning, write_methods_report
+            from labkit.report.distill import find_distill_jobs, write_methods_report
+            from labkit.report.origins import mismatch_warning
 
-            jobs = find_job_summaries([folder])
+            jobs = find_distill_jobs([folder])
             if jobs:
-                path = write_methods_report(folder, jobs, origins_warning([folder]))
+                path = write_methods_report(folder, [job.summary for job in jobs], mismatch_warning(jobs))
                 print(path.read_text(), flush=True)
         except Exception as exc:
             log.warning("no methods table for %s (%s: %s)", folder, type(exc).__name__, exc)

@@ -19,6 +19,7 @@ from labkit.errors import LabkitError, print_error
 from labkit.report.figures import job_label
 from labkit.report.grads import comparison_rows, plot_grad_norm_comparison, print_table
 from labkit.report.jobs import ReportError, load_jobs
+from labkit.report.origins import mismatch_warning
 from labkit.report.report import build_report
 from labkit.report.rerun import rerun
 from labkit.report.table import swept_keys
@@ -49,18 +50,13 @@ def _grads(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     # imported here for start-up time, not a cycle: labkit.distill's package imports torch (about
     # 2 s), which the other commands never need
-    from labkit.report.distill import (
-        find_job_summaries,
-        methods_table,
-        origins_warning,
-        plot_methods_forest,
-        seeds_table,
-    )
+    from labkit.report.distill import find_distill_jobs, methods_table, plot_methods_forest, seeds_table
 
-    summaries = find_job_summaries(args.dirs)
-    if not summaries:
+    jobs = find_distill_jobs(args.dirs)
+    if not jobs:
         raise ReportError(f"no distillation summary.json under {', '.join(map(str, args.dirs))}")
-    warning = origins_warning(args.dirs)
+    summaries = [job.summary for job in jobs]
+    warning = mismatch_warning(jobs)
     if warning:
         print(warning)
     methods = {s.get("method_label") or s.get("method") for s in summaries}

@@ -16,20 +16,14 @@ from typing import Any
 
 from labkit.distill.report import LABELS, method_name
 from labkit.report.forest import ForestRow, plot_forest
-from labkit.report.jobs import load_jobs
-from labkit.report.origins import mismatch_warning
+from labkit.report.jobs import Job, load_jobs
 from labkit.report.stats import Estimate, estimate
 
 
-def find_job_summaries(roots: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every distillation summary.json under ``roots`` (run directories or folders above them)."""
-    return [job.summary for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
-
-
-def origins_warning(roots: Sequence[Path]) -> str | None:
-    """The one-line warning when the distillation jobs under ``roots`` were made by different
-    code, from different data or with different packages (their provenance.json)."""
-    return mismatch_warning([job for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary])
+def find_distill_jobs(roots: Sequence[Path]) -> list[Job]:
+    """Every distillation job under ``roots`` (run directories or folders above them): their
+    summaries feed the tables, their provenance records the warning (:func:`mismatch_warning`)."""
+    return [job for job in load_jobs(*roots) if "student_distill_test_acc" in job.summary]
 
 
 def mean_sd(values: Sequence[float]) -> str:

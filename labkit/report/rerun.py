@@ -15,7 +15,7 @@ from labkit import provenance
 from labkit.report.jobs import ReportError
 
 #: overrides that place a run or switch Hydra's mode: the re-run gets its own folder and one job
-_PLACEMENT = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode", "-m", "--multirun")
+_PLACEMENT = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode")
 
 
 def rerun_dir(run_dir: Path) -> Path:
@@ -30,7 +30,7 @@ def rerun_dir(run_dir: Path) -> Path:
 
 def code_warning(record: dict) -> str | None:
     then = record.get("code") or {}
-    now = provenance.collect()["code"]
+    now = provenance.code_record()
     keys = ("commit", "dirty", "patch_sha256")
     if all(then.get(k) == now.get(k) for k in keys):
         return None
