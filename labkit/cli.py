@@ -56,8 +56,8 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         if main_rank and not isinstance(exc, RunInterrupted) and (
                 in_multirun() or not is_finished(read_summary(run_dir))):
             mark_failed(run_dir, exc)
-        if main_rank:
-            provenance.finish(run_dir, record)
+        if main_rank:  # the folder's latest record: a stage may have added the data it read
+            provenance.finish(run_dir, provenance.read(run_dir) or record)
         if in_multirun() and not isinstance(exc, RunInterrupted):
             log.error("job failed, the sweep goes on: %s: %s", type(exc).__name__, exc,
                       exc_info=not isinstance(exc, LabkitError))
