@@ -1,11 +1,12 @@
 """CPU training throughput: the engine with precision=auto vs fp32, and a minimal hand-written loop.
 
-    python benchmarks/throughput_cnn_cpu.py [--repeats 3] [--models fashion,student,mlp]
+    python benchmarks/throughput_cnn_cpu.py [--repeats 3] [--models fashion,student,mlp] [--ema]
 
 For each model, in one process with interleaved repeats (best of --repeats):
   engine fp32   labkit's Engine, trainer.precision=fp32 (fp32, NCHW: the CPU path before the fast path)
   engine auto   the same Engine, trainer.precision=auto (what every run gets by default)
   engine bf16   trainer.precision=bf16 forced (shows why auto keeps the MLP in fp32)
+  auto+ema      (with --ema) engine auto with trainer.ema.decay=0.999: the weight average's cost
   minimal       a hand-written loop in the precision and memory format auto chose, over a
                 pre-normalised float tensor, fused Adam, no metrics or checks: the practical limit
 Models: ``fashion`` is experiment=cnn_fashion_mnist's network (28x28x1), ``student`` the lab's
@@ -76,11 +77,12 @@ def adam(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
 
-def time_engine(case: Case, data: SyntheticImages, precision: str) -> float:
+def time_engine(case: Case, data: SyntheticImages, precision: str, ema: bool = False) -> float:
     """Images/s of one Engine training epoch over ``case.steps`` batches, after a warm-up."""
     prepared = built(case, precision)
     engine = Engine(prepared.module, adam(prepared.module), device=CPU,
-                    precision=prepared.fast_path.precision, log_every_n_steps=50)
+                    precision=prepared.fast_path.precision, log_every_n_steps=50,
+                    ema={"decay": 0.999} if ema else None)
     loader = data.loader("train", torch.Generator().manual_seed(0))
     warm = data.loader("train", torch.Generator().manual_seed(1))
     warm.images, warm.targets = warm.images[: WARMUP * case.batch], warm.targets[: WARMUP * case.batch]
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="fashion,student,mlp,cifar")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every case's timed steps")
+    parser.add_argument("--ema", action="store_true", help="also time auto with trainer.ema (decay 0.999)")
     args = parser.parse_args()
     names = args.models.split(",")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16 on this CPU: "
@@ -134,6 +137,8 @@ def main() -> None:
         for column in ("fp32", "auto", "bf16"):
             runs[name, column] = lambda c=case, d=data, p=column: time_engine(c, d, p)
         runs[name, "minimal"] = lambda c=case, d=data: time_minimal(c, d)
+        if args.ema:
+            runs[name, "auto+ema"] = lambda c=case, d=data: time_engine(c, d, "auto", ema=True)
     best = dict.fromkeys(runs, 0.0)
     for _ in range(args.repeats):
         for key, run in runs.items():
@@ -145,6 +150,9 @@ def main() -> None:
         path = built(CASES[name], "auto").fast_path.describe()
         print(f"{name:<8} {path:<30} {r['fp32']:>8,.0f} {r['auto']:>8,.0f} {r['bf16']:>8,.0f} "
               f"{r['minimal']:>8,.0f} {r['auto'] / r['fp32']:>10.2f} {r['auto'] / r['minimal']:>13.2f}")
+        if args.ema:
+            ema = best[name, "auto+ema"]
+            print(f"{'':<8} auto+ema {ema:,.0f} images/s: {ema / r['auto']:.3f} of auto without it")
 
 
 if __name__ == "__main__":

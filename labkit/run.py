@@ -189,6 +189,14 @@ def build_optimization(cfg: DictConfig, model: nn.Module, steps_per_epoch: int |
     return optimizer, factory(optimizer=optimizer)
 
 
+def ema_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """``trainer.ema`` as the engine's weight-average settings; None when its decay is null (off)."""
+    node = OmegaConf.select(cfg, "trainer.ema")
+    if node is None or node.get("decay") is None:
+        return None
+    return {"decay": float(node.decay), "start_step": int(node.start_step), "every": int(node.every)}
+
+
 def criterion_for(cfg: DictConfig) -> Criterion:
     """The hard-label loss: cross-entropy, with ``trainer.label_smoothing`` when it is > 0."""
     smoothing = float(OmegaConf.select(cfg, "trainer.label_smoothing", default=0.0) or 0.0)
@@ -213,6 +221,7 @@ def build_engine(cfg: DictConfig, prepared: PreparedModel, rt: Runtime, *, train
         criterion=criterion or criterion_for(cfg),
         scheduler_interval=scheduler_interval(cfg),
         eval_flip=bool(OmegaConf.select(trainer, "eval_flip", default=False)),
+        ema=ema_settings(cfg) if train else None,
         trackers=trackers or TrackerGroup(),
         callbacks=callbacks or [],
         checkpoint_dir=checkpoint_dir if train and trainer.checkpoint else None,
@@ -334,8 +343,7 @@ def fit_and_test(engine: Engine, train_loader, val_loader, test_loader, test_on:
                           "trainer.test_on=last")
     start = time.perf_counter()
     engine.fit(train_loader, val_loader)
-    if test_on == "best":
-        engine.load_best()
+    engine.keep_weights(test_on)
     test = engine.evaluate(test_loader)
     diverged = divergence(engine.history, num_classes)
     return {

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from labkit.engine.checkpoint import load_checkpoint
+from labkit.engine.checkpoint import evaluated_weights, load_checkpoint
 from labkit.errors import CheckpointError, RunInterrupted
 from labkit.tracking import write_json
 
@@ -144,7 +144,7 @@ def model_weights(record: Any, source: str | Path) -> dict[str, torch.Tensor]:
     """The plain model's weights in a loaded checkpoint: an engine checkpoint or a distillation
     stage file (their ``model`` entry) or a bare state dict, wrapper prefixes stripped."""
     if isinstance(record, dict) and isinstance(record.get("model"), dict):
-        return strip_wrapper_prefixes(record["model"])
+        return strip_wrapper_prefixes(evaluated_weights(record))
     if isinstance(record, dict) and record and all(isinstance(v, torch.Tensor) for v in record.values()):
         return strip_wrapper_prefixes(record)
     raise CheckpointError(f"{source} holds no model weights (expected a 'model' entry or a state dict)")

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from labkit import __version__, provenance
 from labkit.engine import Callback, Engine, distributed, load_checkpoint
+from labkit.engine.checkpoint import evaluated_weights
 from labkit.engine.engine import Criterion
 from labkit.run import PreparedModel, Runtime, build_engine, build_trackers, fit_and_test
 from labkit.run_folder import CHECKPOINTS, COMPLETED, FAILED, LOADED, failure
@@ -94,7 +95,7 @@ class Resume:
 
     def best_model(self) -> dict[str, Any] | None:
         best = self.path.with_name("best.pt")
-        return load_checkpoint(best)["model"] if best.is_file() else None
+        return evaluated_weights(load_checkpoint(best)) if best.is_file() else None
 
 
 def run_training(cfg: DictConfig, data: RunData, model: PreparedModel, run: StageRun, *, seed: int,

@@ -54,7 +54,7 @@ def test_best_weights_are_restored_for_testing():
         for p in model.parameters():
             p.add_(1.0)
     assert not engine._track_best({"val_acc": 0.5, "train_acc": 0.0})
-    engine.load_best()
+    engine.keep_weights("best")
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 

@@ -226,6 +226,11 @@ TRAINER = Node({
     "grad_clip": Number(min=0, min_open=True, null=True),
     "label_smoothing": FRACTION,
     "eval_flip": Bool(),
+    "ema": Node({
+        "decay": Number(min=0, max=1, min_open=True, max_open=True, null=True),
+        "start_step": Int(min=0),
+        "every": Int(min=1),
+    }),
     "checkpoint": Bool(),
     "test_on": Choice(TEST_ON),
     "fused_optimizer": Bool(),

@@ -55,6 +55,16 @@ def load_checkpoint(
     return state
 
 
+def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights an engine checkpoint's run evaluates: the ``trainer.ema`` average once it has
+    started (eval.py, explain.py, a teacher checkpoint and the final test read these), else the
+    trained weights. ``model`` itself stays the trained weights, which a resume continues from."""
+    average = state.get("ema")
+    if isinstance(average, dict) and int(average.get("n_averaged", 0)) > 0:
+        return average["weights"]
+    return state["model"]
+
+
 def load_model_weights(model: torch.nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
     """``model.load_state_dict`` with a message that says the checkpoint is for another architecture."""
     mine = model.state_dict()

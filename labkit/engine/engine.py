@@ -18,6 +18,7 @@ from labkit.data.loader import Batch
 from labkit.engine.accel import autocast
 from labkit.engine.checkpoint import CHECKPOINT_FORMAT, copy_checkpoint, load_model_weights, save_checkpoint
 from labkit.engine.distributed import DistContext, any_rank
+from labkit.engine.ema import WeightAverage
 from labkit.engine.metrics import RunningMetrics, Totals
 from labkit.engine.rng import capture_rng_state, restore_rng_state
 from labkit.engine.signals import StopRequest
@@ -67,7 +68,8 @@ class Engine:
     CPU for the test. Without validation data there is no best epoch: ``best_val_acc`` stays None
     (training accuracy is never reported under a validation name). The position inside an epoch
     lives in the (stateful) training loader. With ``optimizer=None`` it only evaluates (eval.py,
-    a loaded teacher).
+    a loaded teacher). With ``ema`` (``trainer.ema``) an average of the weights follows every
+    step, and validation, the best weights and the test use the average (:attr:`eval_model`).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Engine:
         dist: DistContext | None = None,
         scheduler_interval: str = "epoch",
         eval_flip: bool = False,
+        ema: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -103,6 +106,8 @@ class Engine:
             self.train_module = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = optimizer
         self.scheduler = scheduler
+        # trainer.ema: {decay, start_step, every}; the average is built on the training device
+        self.ema = WeightAverage(self.model, **ema) if ema and optimizer is not None else None
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
         self.step_scheduler_per_batch = scheduler is not None and scheduler_interval == "step"
@@ -147,6 +152,12 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network validation and the test evaluate: the weight average once it has started
+        (``trainer.ema``), else the trained model."""
+        return self.ema.module if self.ema is not None and self.ema.started else self.model
+
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -168,6 +179,8 @@ class Engine:
         self.optimizer.step()
         if self.step_scheduler_per_batch:
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return loss.detach(), logits.detach()
 
     def train_epoch(self, loader: Iterable[Batch], steps: int) -> dict[str, float] | None:
@@ -225,12 +238,12 @@ class Engine:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch], model: nn.Module | None = None) -> dict[str, float]:
-        """Mean cross-entropy and accuracy of ``model`` (default: the trained one) on ``loader``.
+        """Mean cross-entropy and accuracy of ``model`` (default: :attr:`eval_model`) on ``loader``.
 
         The logits are :meth:`logits`' (so ``eval_flip`` applies); under DDP every rank
         evaluates its shard and gets the total.
         """
-        model = model or self.model
+        model = model or self.eval_model
         was_training = model.training
         model.eval()
         metrics = RunningMetrics(self.device)
@@ -320,7 +333,8 @@ class Engine:
         if score is not None and (self.best_val_acc is None or score > self.best_val_acc):
             self.best_val_acc, self.best_epoch = score, self.epoch
             # on the CPU: a second copy of the weights must not take training-device memory
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            weights = self.eval_model.state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
             return True
         return False
 
@@ -344,6 +358,7 @@ class Engine:
             "loader": loader() if loader is not None else None,
             "partial_epoch": self._partial,
             "criterion": self.criterion.state_dict() if hasattr(self.criterion, "state_dict") else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             **self.extra_state,
         }
 
@@ -353,10 +368,16 @@ class Engine:
         if state.get("partial_epoch") is not None and state.get("loader") is None:
             raise CheckpointError("this checkpoint stopped inside an epoch but holds no loader "
                                   "position (written by an older labkit): resume from an epoch's end")
+        if (self.ema is None) != (state.get("ema") is None):
+            raise CheckpointError("the checkpoint was written with trainer.ema "
+                                  f"{'on' if state.get('ema') is not None else 'off'} and this run has it "
+                                  f"{'on' if self.ema is not None else 'off'}: resume with the same setting")
         load_model_weights(self.model, state["model"], "resume state")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if state.get("criterion") and hasattr(self.criterion, "load_state_dict"):
             self.criterion.load_state_dict(state["criterion"])  # e.g. a loss term's warm-up position
         self.epoch = int(state["epoch"])
@@ -383,10 +404,16 @@ class Engine:
                 f"the previous checkpoint files are intact"
             ) from exc
 
-    def load_best(self) -> None:
-        """Put the best validation weights back into the model (used before testing)."""
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+    def keep_weights(self, which: str) -> None:
+        """After the fit, put the weights the run reports into :attr:`model`: ``best`` (the best
+        validation epoch's) or ``last`` (the average when ``trainer.ema`` is on). The test, the
+        saved stage and a distillation teacher then all use them; the average's work is done."""
+        if which == "best":
+            if self.best_state is not None:
+                self.model.load_state_dict(self.best_state)
+        elif self.ema is not None and self.ema.started:
+            self.model.load_state_dict(self.ema.module.state_dict())
+        self.ema = None
 
     @property
     def throughput(self) -> float:
