@@ -133,6 +133,37 @@ def test_every_step_moves_the_conv_weights_and_the_rest():
                if p.ndim > 1)
 
 
+def test_a_step_reads_no_tensor_value(monkeypatch):
+    """No host sync in step(): no ``.item()``, ``float()``, ``bool()`` on a tensor (on CUDA such a read
+    waits for the GPU; the CUDA test below checks it with torch's sync debug mode)."""
+    model = tiny_cnn(channels_last=True)
+    optimizer = muon(list(model.parameters()), **MUON, aux=ADAMW, fused=True)  # fused: no step.item()
+    train_steps(model, optimizer, 1)
+    nn.functional.cross_entropy(model(torch.randn(2, 1, 28, 28)), torch.tensor([0, 1])).backward()
+
+    def read(*_):
+        raise AssertionError("step() read a tensor value")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, read)
+    optimizer.step()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_step_never_synchronises():
+    model = tiny_cnn(channels_last=True).cuda()
+    optimizer = muon(list(model.parameters()), **MUON, aux=ADAMW, fused=True)
+    x, y = torch.randn(8, 1, 28, 28, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 # --- one schedule, two optimizers --------------------------------------------------------------
 def muon_cfg(cfg_factory, *overrides: str):
     return cfg_factory("optimizer=muon", "model=cnn", "model.layers=[1,1,1,1]", "model.width=4",
