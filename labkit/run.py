@@ -8,6 +8,7 @@ rest mean the same in every command, and every run reports the same ``precision`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -167,14 +168,19 @@ def build_optimization(cfg: DictConfig, model: nn.Module, steps_per_epoch: int |
     """Optimizer and (optional) scheduler from their partial configs.
 
     A schedule with ``interval: step`` is stepped after every batch and gets its length as
-    ``total_steps`` (epochs x ``steps_per_epoch``), e.g. torch's ``OneCycleLR``.
+    ``total_steps`` (epochs x ``steps_per_epoch``), e.g. torch's ``OneCycleLR``. ``max_lr: null``
+    peaks each parameter group at its own lr (``optimizer=muon``: Muon's and the auxiliary's).
     """
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, cfg.trainer.fused_optimizer)
     scheduler_cfg = OmegaConf.select(cfg, "scheduler")
     if not scheduler_cfg:
         return optimizer, None
     node = {k: v for k, v in OmegaConf.to_container(scheduler_cfg, resolve=True).items() if k != "interval"}
-    factory = instantiate(node)
+    if "max_lr" in node and node["max_lr"] is None:  # a plain list, not instantiate's ListConfig
+        factory = functools.partial(instantiate({k: v for k, v in node.items() if k != "max_lr"}),
+                                    max_lr=[group["lr"] for group in optimizer.param_groups])
+    else:
+        factory = instantiate(node)
     if scheduler_interval(cfg) == "step":
         if not steps_per_epoch:
             raise ValueError("a per-step schedule needs the number of steps per epoch")

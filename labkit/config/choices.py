@@ -21,6 +21,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "ddp")  # one process, or DistributedDataParallel under torchrun
 TEST_ON = ("best", "last")  # which weights the test set scores
 SCHEDULER_INTERVALS = ("epoch", "step")  # how often the engine steps the learning-rate schedule
+# torch.optim.Muon's learning-rate scaling by matrix shape (null: torch's default, "original")
+MUON_ADJUST_LR = ("original", "match_rms_adamw", "spectral_unclamped")
 
 # -- logger ---------------------------------------------------------------------------------
 WANDB_MODES = ("auto", "online", "offline", "disabled")  # auto: online with credentials, else offline

@@ -30,6 +30,7 @@ from labkit.config.choices import (
     EXPLAIN_BASELINES,
     EXPLAIN_METHODS,
     EXPLAIN_TARGETS,
+    MUON_ADJUST_LR,
     NORMS_1D,
     PRECISIONS,
     SCHEDULER_INTERVALS,
@@ -179,7 +180,7 @@ _ADAM = {
     "eps": POSITIVE,
     "amsgrad": Bool(),
 }
-OPTIMIZERS = {
+_TORCH_OPTIMIZERS = {
     "torch.optim.Adam": partial(_ADAM),
     "torch.optim.AdamW": partial(_ADAM),
     "torch.optim.SGD": partial({
@@ -188,6 +189,20 @@ OPTIMIZERS = {
         "dampening": FRACTION,
         "weight_decay": NON_NEGATIVE,
         "nesterov": Bool(),
+    }, rules=[_nesterov_needs_momentum]),
+}
+OPTIMIZERS = {
+    **_TORCH_OPTIMIZERS,
+    # optimizer=muon (labkit.engine.muon): torch's Muon on the hidden weight matrices and ``aux``,
+    # one of torch's optimizers above (itself a partial), on the rest
+    "labkit.engine.muon.muon": partial({
+        "lr": POSITIVE,
+        "momentum": FRACTION,
+        "nesterov": Bool(),
+        "weight_decay": NON_NEGATIVE,
+        "adjust_lr_fn": Choice(MUON_ADJUST_LR, null=True),  # null: torch's default, original
+        "ns_steps": Int(min=1, max=99),  # torch refuses 100 or more
+        "aux": Variants(_TORCH_OPTIMIZERS),
     }, rules=[_nesterov_needs_momentum]),
 }
 OPTIMIZER = Variants(OPTIMIZERS)
@@ -200,7 +215,7 @@ SCHEDULERS = {
         **_INTERVAL, "step_size": Int(min=1), "gamma": POSITIVE}),
     "torch.optim.lr_scheduler.OneCycleLR": partial({
         **_INTERVAL,
-        "max_lr": POSITIVE,
+        "max_lr": Number(min=0, min_open=True, null=True),  # null: each parameter group's own lr
         "pct_start": Number(min=0, max=1, min_open=True, max_open=True),
         "anneal_strategy": Choice(["cos", "linear"]),
         "div_factor": POSITIVE,
