@@ -285,10 +285,12 @@ class Engine:
         """Train, validate, step the schedule, log, checkpoint; stop here on a signal."""
         if self._partial is None:
             self.epoch += 1
-        lr = self.current_lr()
+        # the epoch's row reports the lr it started with, also when it is resumed mid-way
+        lr = self._partial["lr"] if self._partial and "lr" in self._partial else self.current_lr()
         epoch_start = time.perf_counter()
         train = self.train_epoch(train_loader, steps)
         if train is None:
+            self._partial["lr"] = lr
             self.save(is_best=False)
             where = (f"a checkpoint was written to {self.checkpoint_dir}; re-run the same "
                      f"command with trainer.resume=true to continue" if self.checkpoint_dir
