@@ -5,6 +5,7 @@ as a forest plot (one row per arm, a line at zero). Checked on the matplotlib Ax
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import yaml
@@ -13,8 +14,16 @@ from rich.console import Console
 from labkit.report import build_report, load_jobs
 from labkit.report.cli import main
 from labkit.report.distill import find_distill_jobs, method_results, write_methods_report
-from labkit.report.figures import draw_accuracy_vs, is_categorical, reference_levels, x_axis_keys
+from labkit.report.figures import (
+    TRAIN_LOSS,
+    draw_accuracy_vs,
+    is_categorical,
+    make_figures,
+    reference_levels,
+    x_axis_keys,
+)
 from labkit.report.forest import ForestRow, comparison_rows, draw_forest
+from labkit.report.loss_curves import mean_curve
 from labkit.report.stats import comparisons, estimate
 from labkit.tracking.figures import pyplot
 
@@ -191,3 +200,35 @@ def test_the_methods_table_has_its_forest_plot(methods_study, capsys, tmp_path):
     report = build_report(methods_study, console=Console(file=io.StringIO()))
     assert {"test_acc_vs_distill.method.png", "paired_distilled_vs_baseline_student.png"} <= {
         p.name for p in report.figures}
+
+
+def test_a_depth_study_draws_final_training_loss_and_seed_averaged_loss_curves(tmp_path):
+    """Degradation is about fitting: the report draws the final training loss against the swept
+    value (mean and CI over seeds) and the training-loss curves averaged over seeds, one panel per
+    variant, one line per depth."""
+    folder = tmp_path / "depth"
+    n = 0
+    for layers in ("[1,1]", "[4,4]"):
+        for residual in ("false", "true"):
+            for seed in (0, 1):
+                loss = 0.01 * (1 + seed) * (50 if layers == "[4,4]" and residual == "false" else 1)
+                job = make_job(folder, str(n), [f"model.layers={layers}", f"model.residual={residual}",
+                                                f"trainer.seed={seed}"],
+                               {**completed(0.8), "final_train_loss": loss}, epochs=3)
+                rows = [{"epoch": e, "train_loss": loss * (4 - e) + seed, "val_acc": 0.5} for e in (1, 2, 3)]
+                (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                n += 1
+    jobs = load_jobs(folder)
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    draw_accuracy_vs(ax, jobs, "model.layers", TRAIN_LOSS)
+    plain = next(c for c in ax.containers if "residual=false" in c.get_label())
+    assert list(plain.lines[0].get_ydata()) == pytest.approx([0.015, 0.75])  # means over the seeds
+    plt.close(fig)
+    epochs, means, errors = mean_curve([j for j in jobs if j.overrides["model.layers"] == [1, 1]
+                                        and j.overrides["model.residual"] is False])
+    assert epochs == [1, 2, 3] and means == pytest.approx([0.03 * 1.5 + 0.5, 0.02 * 1.5 + 0.5, 0.5 + 0.015])
+    assert all(e > 0 for e in errors)
+    names = {p.name for p in make_figures(jobs, folder)}
+    assert {"train_loss_vs_model.layers.png", "train_loss_curves_by_model.layers.png"} <= names
+    assert all((folder / name).read_bytes().startswith(PNG) for name in names)

@@ -104,8 +104,7 @@ class Engine:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_module = DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.optimizer, self.scheduler = optimizer, scheduler
         # trainer.ema: {decay, start_step, every}; the average is built on the training device
         self.ema = WeightAverage(self.model, **ema) if ema and optimizer is not None else None
         if scheduler_interval not in ("epoch", "step"):

@@ -1,5 +1,5 @@
-"""The report's figures: test accuracy against each swept value, forest plots of the paired
-comparisons, learning curves, gradient norms."""
+"""The report's figures: test accuracy and final training loss against each swept value, forest
+plots of the paired comparisons, learning curves, gradient norms."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from labkit.report.forest import comparison_rows, plot_forest
 from labkit.report.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
+from labkit.report.loss_curves import plot_mean_loss_curves
 from labkit.report.stats import RESULT_STATES, Comparison, Estimate, estimate, is_replicate_key
 from labkit.report.table import accuracy_key, format_value, short_names, swept_keys
 from labkit.tracking.figures import pyplot, save_figure
@@ -60,8 +61,8 @@ def _file_part(key: str) -> str:
 
 @dataclass
 class Series:
-    """One line of an accuracy figure: x values with the mean accuracy (%) over seeds and the
-    half-width of its 95 % confidence interval (0 for a single seed)."""
+    """One line of a figure against a swept value: x values with the mean metric over seeds
+    (accuracy in %) and the half-width of its 95 % confidence interval (0 for a single seed)."""
 
     label: str
     xs: list[Any]
@@ -78,12 +79,20 @@ def _series_label(job: Job, others: Sequence[str]) -> str:
     return job_label(job, others) if others else "all jobs"
 
 
-def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Series]]:
+#: the final training loss: the figure that shows degradation (a deeper net fitting worse)
+TRAIN_LOSS = "final_train_loss"
+
+
+def accuracy_series(jobs: Sequence[Job], key: str,
+                    metric: str | None = None) -> tuple[list[Any], list[Series]]:
     """The x positions and one series per combination of the other swept values (e.g.
     residual x norm); swept seeds are averaged, with their 95 % CI. Non-numeric values (lists,
-    names, flags) are categories in the sweep's order."""
-    done = [j for j in _finished(jobs) if key in j.overrides]
-    y_key = accuracy_key(jobs)
+    names, flags) are categories in the sweep's order. ``metric``: a summary key other than the
+    test accuracy (e.g. :data:`TRAIN_LOSS`), drawn as it is (accuracy: in %)."""
+    done = [j for j in _finished(jobs)
+            if key in j.overrides and (metric is None or _is_number(j.summary.get(metric)))]
+    y_key = metric or accuracy_key(jobs)
+    scale = 100.0 if metric is None else 1.0
     others = _series_keys(jobs, key)
     numeric = not is_categorical([j.overrides[key] for j in done])
     order: list[Any] = []
@@ -92,7 +101,7 @@ def accuracy_series(jobs: Sequence[Job], key: str) -> tuple[list[Any], list[Seri
         x = job.overrides[key] if numeric else format_value(job.overrides[key])
         if x not in order:
             order.append(x)
-        groups.setdefault(_series_label(job, others), {}).setdefault(x, []).append(100 * job.summary[y_key])
+        groups.setdefault(_series_label(job, others), {}).setdefault(x, []).append(scale * job.summary[y_key])
     positions = sorted(order) if numeric else order
     series = []
     for label, by_x in groups.items():
@@ -150,14 +159,14 @@ def reference_levels(jobs: Sequence[Job], key: str) -> list[Reference]:
 REFERENCE_STYLE = {"teacher": ("black", "--"), "baseline student": ("tab:red", "-.")}
 
 
-def draw_accuracy_vs(ax: Any, jobs: Sequence[Job], key: str) -> None:
-    """Test accuracy (see ``accuracy_key``) against ``key`` on ``ax``: numbers on a line per
-    series, categories as points with their CI side by side and no line; a distillation study's
-    teacher and baseline student as horizontal lines."""
-    positions, series = accuracy_series(jobs, key)
+def draw_accuracy_vs(ax: Any, jobs: Sequence[Job], key: str, metric: str | None = None) -> None:
+    """Test accuracy (see ``accuracy_key``; or the summary's ``metric``) against ``key`` on ``ax``:
+    numbers on a line per series, categories as points with their CI side by side and no line; a
+    distillation study's teacher and baseline student as horizontal lines."""
+    positions, series = accuracy_series(jobs, key, metric)
     numeric = not is_categorical(positions)
     colours = {line.label: f"C{i % 10}" for i, line in enumerate(series)}
-    references = reference_levels(jobs, key)
+    references = reference_levels(jobs, key) if metric is None else []
     # one series has no legend entry of its own unless references need telling apart from it
     single = "distilled student" if references else "_nolegend_"
     spread = min(0.5 / max(len(series), 1), 0.15)  # categories: series side by side at each value
@@ -191,19 +200,22 @@ def draw_accuracy_vs(ax: Any, jobs: Sequence[Job], key: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path) -> Path:
+def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path, metric: str | None = None) -> Path:
     """:func:`draw_accuracy_vs` with its title and legend, written to ``out``."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    draw_accuracy_vs(ax, jobs, key)
+    draw_accuracy_vs(ax, jobs, key, metric)
     keys = swept_keys(jobs)
     replicates = [k for k in keys if is_replicate_key(k)]
-    name = str(accuracy_key(jobs)).replace("_acc", " accuracy").replace("_", " ")
+    name = str(metric or accuracy_key(jobs)).replace("_acc", " accuracy").replace("_", " ")
     title = f"{name} vs {key}"
     if replicates:
         title += f"\n(mean and 95 % CI over {', '.join(replicates)})"
     ax.set_title(title)
-    ax.set_ylabel(f"{name} (%)")
+    ax.set_ylabel(f"{name} (%)" if metric is None else name)
+    values = [m for line in accuracy_series(jobs, key, metric)[1] for m in line.means]
+    if metric is not None and values and min(values) > 0 and max(values) / min(values) >= 20:
+        ax.set_yscale("log")  # losses from 1e-3 to 2: a linear axis hides all but the largest
     if ax.get_legend_handles_labels()[1]:
         others = _series_keys(jobs, key)
         ax.legend(fontsize=8, title=", ".join(short_names(others).values()) or None, title_fontsize=8)
@@ -273,9 +285,15 @@ def forest_figures(comparisons: Sequence[Comparison], folder: Path) -> list[Path
 def make_figures(jobs: Sequence[Job], folder: Path, comparisons: Sequence[Comparison] = ()) -> list[Path]:
     """Every figure the jobs allow, written into ``folder``; returns their paths. ``comparisons``
     (the report's paired differences) are drawn as forest plots."""
-    figures = [plot_accuracy_vs(jobs, key, folder / f"test_acc_vs_{_file_part(key)}.png")
-               for key in x_axis_keys(jobs)]
+    keys = x_axis_keys(jobs)
+    figures = [plot_accuracy_vs(jobs, key, folder / f"test_acc_vs_{_file_part(key)}.png") for key in keys]
+    if any(_is_number(j.summary.get(TRAIN_LOSS)) for j in _finished(jobs)):
+        figures += [plot_accuracy_vs(jobs, key, folder / f"train_loss_vs_{_file_part(key)}.png", TRAIN_LOSS)
+                    for key in keys]
     figures += forest_figures(comparisons, folder)
     figures.append(plot_learning_curves(jobs, folder / "learning_curves.png"))
+    if keys and any(is_replicate_key(k) for k in swept_keys(jobs)):  # seeds to average over
+        name = f"train_loss_curves_by_{_file_part(keys[0])}.png"
+        figures.append(plot_mean_loss_curves(jobs, keys[0], folder / name))
     figures.append(grad_norm_figure(jobs, folder / "grad_norms.png"))
     return [f for f in figures if f is not None]
