@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from labkit.data.loader import Batch, EpochLoader
 from labkit.errors import DataError
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 announces that its decoders will move to TorchCodec (not a labkit dependency);
+# they are the ones the issue names and work as before, so the per-call notice is kept quiet
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 #: a sample the worker could not turn into an image: its index, the one-line reason, and whether
 #: it is a bad file (skippable with data.skip_bad_images) rather than a setting that fits no file
