@@ -124,7 +124,9 @@ class StreamLoader(EpochLoader):
         workers = int(num_workers)
         self.data_loader = DataLoader(
             files, batch_sampler=self.plan, collate_fn=collate, num_workers=workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            # the training loader keeps its workers from epoch to epoch; validation and test
+            # loaders start theirs for each pass, so at most two pools exist at a time
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0 and self.shuffle,
             prefetch_factor=int(prefetch_factor) if workers > 0 else None,
         )
 
