@@ -48,7 +48,8 @@ DIVERGED_FACTOR = 10.0
 # later is covered the day it is added.
 IGNORED_KEYS = (
     "task_name", "tags", "optimized_metric", "logger", "paths",
-    "data.root", "data.download", "data.cache_dir", "data.eval_batch_size",
+    "data.root", "data.download", "data.cache_dir", "data.eval_batch_size", "data.num_workers",
+    "data.prefetch_factor",
     "trainer.log_every_n_steps", "trainer.checkpoint", "trainer.resume", "trainer.ckpt_path",
     "distill.stage_store", "distill.force",
 )

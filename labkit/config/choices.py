@@ -14,6 +14,8 @@ BLOCKS = ("basic", "bottleneck")  # FlexibleCNN's residual block
 
 # -- data -----------------------------------------------------------------------------------
 CIFAR_VARIANTS = ("cifar10", "cifar100")
+# where an image folder's decoded images live: one device tensor, DataLoader workers, or chosen by size
+STORAGES = ("memory", "stream", "auto")
 
 # -- trainer (engine and run builder) ---------------------------------------------------------
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda:N names one GPU

@@ -34,6 +34,7 @@ from labkit.config.choices import (
     NORMS_1D,
     PRECISIONS,
     SCHEDULER_INTERVALS,
+    STORAGES,
     STRATEGIES,
     TEST_ON,
     WANDB_MODES,
@@ -159,7 +160,12 @@ DATASETS = {
                                           "cache_dir": Text(null=True, what="a path"), "resize": Bool(),
                                           # null: computed from the training images (imagefolder.py)
                                           "mean": List(Number(), min_len=1, null=True),
-                                          "std": List(POSITIVE, min_len=1, null=True)}),
+                                          "std": List(POSITIVE, min_len=1, null=True),
+                                          # memory | stream | auto, and the streaming loader's settings
+                                          "storage": Choice(STORAGES),
+                                          "memory_share": Number(min=0, max=1, min_open=True),
+                                          "num_workers": Int(min=0), "prefetch_factor": Int(min=1),
+                                          "skip_bad_images": Bool()}),
     "labkit.data.SyntheticImages": data_node({"n_train": Int(min=1), "n_test": Int(min=1),
                                               "noise": NON_NEGATIVE, "seed": Int(min=0), "root": PATH}),
 }

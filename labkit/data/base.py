@@ -110,7 +110,21 @@ class ImageDataModule:
         """Decode the data once, split off validation, and move everything to ``device``."""
         raw = self.load_raw()
         self.fingerprint = raw.fingerprint()  # provenance: which data this run read
-        n_train = len(raw.train_images)
+        train_idx, val_idx = self.split_indices(len(raw.train_images))
+        self.device = torch.device(device)
+
+        def put(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return to_device(images.contiguous(), self.device), to_device(targets.long(), self.device)
+
+        self._splits = {
+            "train": put(raw.train_images[train_idx], raw.train_targets[train_idx]),
+            "val": put(raw.train_images[val_idx], raw.train_targets[val_idx]),
+            "test": put(raw.test_images, raw.test_targets),
+        }
+
+    def split_indices(self, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices into the official training set of the training and the validation images: a
+        permutation drawn from ``split_seed`` (the same for every reader of the same files)."""
         if not 0 <= self.val_size < n_train:
             raise ConfigError(
                 f"data.val_size={self.val_size} is invalid: the {self.name} training set has "
@@ -128,16 +142,7 @@ class ImageDataModule:
                     f"must be in [1, {len(train_idx)}] (or null for all of them)"
                 )
             train_idx = train_idx[: self.train_size]
-        self.device = torch.device(device)
-
-        def put(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return to_device(images.contiguous(), self.device), to_device(targets.long(), self.device)
-
-        self._splits = {
-            "train": put(raw.train_images[train_idx], raw.train_targets[train_idx]),
-            "val": put(raw.train_images[val_idx], raw.train_targets[val_idx]),
-            "test": put(raw.test_images, raw.test_targets),
-        }
+        return train_idx, val_idx
 
     def split_size(self, split: str) -> int:
         return len(self._get(split)[0])
@@ -160,18 +165,22 @@ class ImageDataModule:
         With ``world_size > 1`` each rank gets its slice of every (global) batch.
         """
         images, targets = self._get(split)
+        return TensorLoader(images, targets, **self.loader_options(split, generator, rank, world_size,
+                                                                  augment_generator))
+
+    def loader_options(self, split: str, generator: torch.Generator | None, rank: int, world_size: int,
+                       augment_generator: torch.Generator | None) -> dict[str, Any]:
+        """What a loader over ``split`` is told, whatever holds the images (memory or files)."""
         train = split == "train"
-        return TensorLoader(
-            images,
-            targets,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            mean=self.mean,
-            std=self.std,
-            shuffle=train,
-            drop_last=self.drop_last and train,
-            augment=self.augment if train else None,
-            generator=generator,
-            rank=rank,
-            world_size=world_size,
-            augment_generator=augment_generator,
-        )
+        return {
+            "batch_size": self.batch_size if train else self.eval_batch_size,
+            "mean": self.mean,
+            "std": self.std,
+            "shuffle": train,
+            "drop_last": self.drop_last and train,
+            "augment": self.augment if train else None,
+            "generator": generator,
+            "rank": rank,
+            "world_size": world_size,
+            "augment_generator": augment_generator,
+        }

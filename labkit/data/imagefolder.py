@@ -9,6 +9,11 @@ Normalisation uses the data set's own per-channel mean and std: typed in the con
 (``data.mean`` / ``data.std``), or, when left null, computed from the decoded training images
 (all of ``train/``, before the validation split, as published statistics are) and kept in the
 cache next to the images, so they are computed once. The run's log says which were used.
+
+``storage`` says where the decoded images live: ``memory`` (the above), ``stream`` (the files
+are read and decoded by DataLoader workers every epoch, :mod:`labkit.data.stream`; statistics
+left null are then computed from a seeded sample of ``STATISTICS_SAMPLE`` training images), or
+``auto``: memory when the decoded set fits ``memory_share`` of the device's available memory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from PIL import Image
 
 from labkit.data.base import ImageDataModule, RawSplits
+from labkit.data.stream import ImageFiles, StreamLoader, choose_storage
 from labkit.errors import DataError
 from labkit.io import atomic_write
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CACHE_FORMAT = "labkit-imagefolder-v1"
+STATISTICS_SAMPLE = 1000  # streamed folders: training images the statistics are computed from
 
 
 def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
@@ -82,7 +89,9 @@ class ImageFolder(ImageDataModule):
     """
 
     def __init__(self, path: str, cache_dir: str | None = None, resize: bool = True,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **kwargs) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 storage: str = "memory", memory_share: float = 0.5, num_workers: int = 0,
+                 prefetch_factor: int = 2, skip_bad_images: bool = False, **kwargs) -> None:
         kwargs.setdefault("root", path)
         super().__init__(mean=mean if mean is not None else (), std=std if std is not None else (), **kwargs)
         #: the statistics typed in the config; None: computed from the training images by load_raw
@@ -95,6 +104,12 @@ class ImageFolder(ImageDataModule):
         self.resize = bool(resize)
         self.name = f"imagefolder:{self.path.name}"
         self.classes: list[str] = []
+        self.storage, self.memory_share = storage, float(memory_share)
+        self.stream_options = {"num_workers": int(num_workers), "prefetch_factor": int(prefetch_factor),
+                               "skip_bad_images": bool(skip_bad_images)}
+        self.storage_used: str | None = None  # memory or stream, decided by setup()
+        self._streams: dict[str, tuple[ImageFiles, torch.Tensor]] | None = None
+        self._listing: tuple[list[str], list[tuple[Path, str]], list[tuple[Path, str]]] | None = None
 
     def cache_file(self) -> Path | None:
         if self.cache_dir is None:
@@ -102,7 +117,10 @@ class ImageFolder(ImageDataModule):
         key = hashlib.sha256(f"{self.path.resolve()}".encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.path.name}-{key}-{self.in_channels}x{self.image_size}.pt"
 
-    def load_raw(self) -> RawSplits:
+    def list_folder(self) -> tuple[list[str], list[tuple[Path, str]], list[tuple[Path, str]]]:
+        """Class names and the ``(file, class)`` pairs of train/ and test/, checked (listed once)."""
+        if self._listing is not None:
+            return self._listing
         if not self.path.is_dir() and self.path.name == "CIFAR-10-JPEG":  # data=cifar10_jpeg
             raise DataError(f"data.path={str(self.path)!r} is not a folder: use the official CIFAR-10 "
                             f"batches (data=cifar10 data.download=true), or data.root=<a folder holding "
@@ -121,6 +139,11 @@ class ImageFolder(ImageDataModule):
         if not train_files or not test_files:
             raise DataError(f"{self.path}: train/ and test/ must each hold at least one jpg or png image")
         self.classes = classes
+        self._listing = classes, train_files, test_files
+        return self._listing
+
+    def load_raw(self) -> RawSplits:
+        classes, train_files, test_files = self.list_folder()
         settings = f"{CACHE_FORMAT}|{self.in_channels}|{self.image_size}|{self.resize}|{classes}"
         stamp = fingerprint(self.path, [p for p, _ in train_files + test_files], settings)
         cached = self._read_cache(stamp)
@@ -143,7 +166,79 @@ class ImageFolder(ImageDataModule):
         self._use_statistics(stats, len(raw.train_images))
         return raw
 
-    def _use_statistics(self, computed: dict[str, list[float]] | None, n_images: int) -> None:
+    def setup(self, device: torch.device | str = "cpu") -> None:
+        """Decode into memory (see :class:`ImageDataModule`) or prepare to stream the files, as
+        ``storage`` says; the log says which and why."""
+        device = torch.device(device)
+        classes, train_files, test_files = self.list_folder()
+        decoded = (len(train_files) + len(test_files)) * self.in_channels * self.image_size ** 2
+        self.storage_used, reason = choose_storage(self.storage, decoded, device, self.memory_share)
+        log.info("%s: %s (%s)", self.name, "decoded into memory" if self.storage_used == "memory"
+                 else "streamed from the files by DataLoader workers", reason)
+        if self.storage_used == "memory":
+            super().setup(device)
+            return
+        self.device = device
+        paths = [str(p) for p, _ in train_files]
+        index = {name: i for i, name in enumerate(classes)}
+        targets = torch.tensor([index[c] for _, c in train_files], dtype=torch.int64)
+        train_idx, val_idx = self.split_indices(len(paths))
+        settings = f"{CACHE_FORMAT}|{self.in_channels}|{self.image_size}|{self.resize}|{classes}"
+        # provenance: the files' paths, sizes and times (the decoded pixels are never all in hand)
+        self.fingerprint = "files:" + fingerprint(self.path, [p for p, _ in train_files + test_files],
+                                                  settings)[:16]
+        stats = None if None not in self.given.values() else self._sample_statistics(paths)
+        self._use_statistics(stats, min(len(paths), STATISTICS_SAMPLE), sample="a seeded sample of")
+
+        def files(chosen: list[str], labels: torch.Tensor) -> tuple[ImageFiles, torch.Tensor]:
+            return ImageFiles(chosen, self.in_channels, self.image_size, self.resize), labels
+
+        self._streams = {
+            "train": files([paths[i] for i in train_idx.tolist()], targets[train_idx]),
+            "val": files([paths[i] for i in val_idx.tolist()], targets[val_idx]),
+            "test": files([str(p) for p, _ in test_files],
+                          torch.tensor([index[c] for _, c in test_files], dtype=torch.int64)),
+        }
+
+    def _sample_statistics(self, paths: list[str]) -> dict[str, list[float]]:
+        """Per-channel statistics of a seeded sample of the training images (all of train/)."""
+        chosen = torch.randperm(len(paths), generator=torch.Generator().manual_seed(0))[:STATISTICS_SAMPLE]
+        sample = ImageFiles([paths[i] for i in chosen.tolist()], self.in_channels, self.image_size,
+                            self.resize)
+        images = []
+        for i in range(len(sample)):
+            image, _, error = sample[i]
+            if error is not None and not (error[1] and self.stream_options["skip_bad_images"]):
+                raise DataError(error[0] + ("; set data.skip_bad_images=true to skip such files"
+                                            if error[1] else ""))
+            if image is not None:
+                images.append(image)
+        if not images:
+            raise DataError(f"{self.path}: no readable training image to compute data.mean / data.std from")
+        return channel_statistics(torch.stack(images))
+
+    def loader(self, split: str, generator: torch.Generator | None = None, rank: int = 0,
+               world_size: int = 1, augment_generator: torch.Generator | None = None):
+        """The in-memory loader, or a :class:`StreamLoader` with the same batches."""
+        if self._streams is None:
+            return super().loader(split, generator, rank, world_size, augment_generator)
+        files, targets = self._streams[split]
+        options = self.loader_options(split, generator, rank, world_size, augment_generator)
+        return StreamLoader(files, targets, device=self.device, **self.stream_options, **options)
+
+    def split_size(self, split: str) -> int:
+        if self._streams is not None:
+            return len(self._streams[split][0])
+        return super().split_size(split)
+
+    def _get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._streams is not None:
+            raise DataError(f"{self.name} is streamed (data.storage=stream): this command needs the "
+                            f"images in memory; set data.storage=memory")
+        return super()._get(split)
+
+    def _use_statistics(self, computed: dict[str, list[float]] | None, n_images: int,
+                        sample: str = "the") -> None:
         """Normalise with the typed statistics where given, else the computed ones; say which."""
         for key in ("mean", "std"):
             value = self.given[key]
@@ -151,7 +246,7 @@ class ImageFolder(ImageDataModule):
                 assert computed is not None  # load_raw computes them whenever one is not given
                 value = computed[key]
             setattr(self, key, value)
-        computed_from = f"computed from the {n_images} training images"
+        computed_from = f"computed from {sample} {n_images} training images"
         mean_from, std_from = (f"data.{key}" if self.given[key] is not None else computed_from
                                for key in ("mean", "std"))
         if mean_from == std_from:

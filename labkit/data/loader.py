@@ -1,4 +1,6 @@
-"""Device-resident batch loader: uint8 images stay on the device, batches are normalised there."""
+"""Batch loaders over one split: the device-resident :class:`TensorLoader` and the shared
+epoch logic (order, sharding, augmentation, normalisation, resumable position) that the
+streaming loader (:mod:`labkit.data.stream`) reuses, so both paths give the same batches."""
 
 from __future__ import annotations
 
@@ -20,20 +22,18 @@ class Batch(NamedTuple):
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class TensorLoader:
-    """Iterate over an in-memory uint8 image tensor in (optionally shuffled) batches.
-
-    Each epoch draws one permutation on the device; a batch is gathered by indexing, augmented
-    as a whole (if an ``augment`` function is given) and normalised with one fused affine op.
-    There is no per-sample Python and no worker process, which is why it is fast. It is
-    stateful: :meth:`state_dict` / :meth:`load_state_dict` save and restore the position inside
-    an epoch, so an interrupted run resumes at the very batch it stopped before.
-    """
+class EpochLoader:
+    """What every labkit loader shares: each epoch's order (one permutation drawn from
+    ``generator`` on ``device``), each rank's part of every global batch, batched augmentation
+    and normalisation on the device, and the position in the epoch (:meth:`state_dict` /
+    :meth:`load_state_dict`), so an interrupted run resumes at the very batch it stopped before.
+    A subclass says how a batch of indices becomes uint8 images (:meth:`iter_from`)."""
 
     def __init__(
         self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
+        num_samples: int,
+        channels: int,
+        device: torch.device | str,
         batch_size: int,
         mean: Sequence[float],
         std: Sequence[float],
@@ -45,12 +45,8 @@ class TensorLoader:
         world_size: int = 1,
         augment_generator: torch.Generator | None = None,
     ) -> None:
-        if images.dtype != torch.uint8:
-            raise TypeError(f"TensorLoader expects uint8 images, got {images.dtype}")
-        if len(images) != len(targets):
-            raise ValueError("images and targets differ in length")
-        self.images = images
-        self.targets = targets
+        self._num_samples = int(num_samples)
+        self._device = torch.device(device)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -61,15 +57,13 @@ class TensorLoader:
         # generator of its own per rank, or the shared one would drift apart between ranks.
         self.rank, self.world_size = rank, world_size
         self.augment_generator = augment_generator or generator
-        channels = images.shape[1]
-        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
-        std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32, device=self._device)
+        std_t = torch.as_tensor(std, dtype=torch.float32, device=self._device)
         if mean_t.numel() not in (1, channels) or std_t.numel() not in (1, channels):
             raise ValueError(f"mean/std need 1 or {channels} values")
         # (x / 255 - mean) / std  ==  x * scale + shift, one multiply-add per element.
-        shape = (1, -1) + (1,) * (images.dim() - 2)
-        self._scale = (1.0 / (255.0 * std_t)).reshape(shape)
-        self._shift = (-mean_t / std_t).reshape(shape)
+        self._scale = (1.0 / (255.0 * std_t)).reshape(1, -1, 1, 1)
+        self._shift = (-mean_t / std_t).reshape(1, -1, 1, 1)
         # position in the epoch (see state_dict): batches handed out, where to resume
         self._position = 0
         self._epoch_start: torch.Tensor | None = None
@@ -77,11 +71,11 @@ class TensorLoader:
 
     @property
     def device(self) -> torch.device:
-        return self.images.device
+        return self._device
 
     @property
     def num_samples(self) -> int:
-        return len(self.images)
+        return self._num_samples
 
     def __len__(self) -> int:
         n = self.num_samples / self.batch_size
@@ -89,7 +83,41 @@ class TensorLoader:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Turn a uint8 batch into the float inputs the model sees."""
-        return torch.addcmul(self._shift, images.to(torch.float32), self._scale)
+        scale, shift = self._scale, self._shift
+        if images.dim() != 4:  # e.g. [N, C, L]: broadcast over whatever follows the channels
+            scale, shift = (t.reshape((1, -1) + (1,) * (images.dim() - 2)) for t in (scale, shift))
+        return torch.addcmul(shift, images.to(torch.float32), scale)
+
+    def finish(self, images: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> Batch:
+        """A gathered uint8 batch on the device, augmented (training) and normalised."""
+        if self.augment is not None:
+            images = self.augment(images, self.augment_generator)
+        return Batch(self.normalise(images), targets, index)
+
+    def epoch_batches(self, start_batch: int,
+                      generator_state: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """This rank's sample indices of batches ``start_batch``, ``start_batch + 1``, ...
+
+        The order is drawn from the generator first (so it must hold the state it had at the
+        start of the epoch); ``generator_state`` then replaces the generator's state, so
+        augmentation continues with the random numbers the interrupted epoch would have used.
+        """
+        n = self.num_samples
+        if self.shuffle:
+            order = torch.randperm(n, device=self.device, generator=self.generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        if generator_state is not None and self.generator is not None:
+            self.generator.set_state(generator_state)
+        for start in range(start_batch * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            if self.world_size > 1:
+                index = index.tensor_split(self.world_size)[self.rank]
+            yield index
+
+    def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Batches ``start_batch``, ``start_batch + 1``, ... of the epoch (see :meth:`epoch_batches`)."""
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch, or the rest of the one :meth:`load_state_dict` restored."""
@@ -120,25 +148,25 @@ class TensorLoader:
             self.generator.set_state(start_of_epoch)
         self._resume = (int(state["batches_done"]), state["generator"] if state["batches_done"] else None)
 
-    def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
-        """Batches ``start_batch``, ``start_batch + 1``, ... of the epoch's order.
 
-        The order is drawn from the generator as usual (so it must hold the state it had at the
-        start of the epoch); ``generator_state`` then replaces the generator's state, so
-        augmentation continues with the random numbers the interrupted epoch would have used.
-        """
-        n = self.num_samples
-        if self.shuffle:
-            order = torch.randperm(n, device=self.device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=self.device)
-        if generator_state is not None and self.generator is not None:
-            self.generator.set_state(generator_state)
-        for start in range(start_batch * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            if self.world_size > 1:
-                index = index.tensor_split(self.world_size)[self.rank]
-            images = self.images[index]
-            if self.augment is not None:
-                images = self.augment(images, self.augment_generator)
-            yield Batch(self.normalise(images), self.targets[index], index)
+class TensorLoader(EpochLoader):
+    """Iterate over an in-memory uint8 image tensor in (optionally shuffled) batches.
+
+    Each epoch draws one permutation on the device; a batch is gathered by indexing, augmented
+    as a whole (if an ``augment`` function is given) and normalised with one fused affine op.
+    There is no per-sample Python and no worker process, which is why it is fast.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                 mean: Sequence[float], std: Sequence[float], **kwargs: Any) -> None:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"TensorLoader expects uint8 images, got {images.dtype}")
+        if len(images) != len(targets):
+            raise ValueError("images and targets differ in length")
+        super().__init__(len(images), images.shape[1], images.device, batch_size, mean, std, **kwargs)
+        self.images = images
+        self.targets = targets
+
+    def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
+        for index in self.epoch_batches(start_batch, generator_state):
+            yield self.finish(self.images[index], self.targets[index], index)
