@@ -121,7 +121,8 @@ MODEL = Variants(MODELS)
 # --- data ----------------------------------------------------------------------------------
 #: the keys of a data config's ``augment`` node (null: no augmentation); the augmentation
 #: (labkit.data.augment) checks its arguments against it too
-AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool()}, null=True)
+# cutout: absent (an override such as {crop_padding:2,flip:false}) keeps CropFlip's default 0
+AUGMENT = Node({"crop_padding": Int(min=0), "flip": Bool(), "cutout": Int(min=0)}, null=True)
 
 
 def _normalisation_matches_channels(node: Mapping[str, Any], path: str) -> None:

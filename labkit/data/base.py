@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from labkit.data.augment import build_augment
+from labkit.data.augment import CropFlip, build_augment
 from labkit.data.loader import Augment, TensorLoader
 from labkit.data.transfer import to_device
 from labkit.errors import ConfigError, DataError
@@ -78,7 +78,7 @@ class ImageDataModule:
         self.split_seed = int(split_seed)
         self.drop_last = bool(drop_last)
         # a config node such as {crop_padding: 4, flip: true} becomes the batched CropFlip
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, self.mean)
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.device = torch.device("cpu")
         self.fingerprint: str | None = None  # of the decoded data, set by setup()
@@ -172,13 +172,16 @@ class ImageDataModule:
                        augment_generator: torch.Generator | None) -> dict[str, Any]:
         """What a loader over ``split`` is told, whatever holds the images (memory or files)."""
         train = split == "train"
+        augment = self.augment
+        if isinstance(augment, CropFlip):  # cutout fills the mean, which setup() may have computed
+            augment = augment.with_mean(self.mean)
         return {
             "batch_size": self.batch_size if train else self.eval_batch_size,
             "mean": self.mean,
             "std": self.std,
             "shuffle": train,
             "drop_last": self.drop_last and train,
-            "augment": self.augment if train else None,
+            "augment": augment if train else None,
             "generator": generator,
             "rank": rank,
             "world_size": world_size,
