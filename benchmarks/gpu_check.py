@@ -12,7 +12,9 @@ table and writes it to ``--out``:
       (the functions of benchmarks/throughput_cnn_gpu.py, fewer steps);
   (b) ``distill.py`` (teacher ResNet-34 -> student 1-1-1-1) on the real CIFAR-10 JPEGs with the
       short-schedule recipe below: per stage test accuracy, loss, parameters, training time,
-      images/s, precision / fast path, and the distilled-minus-baseline gain.
+      images/s, precision / fast path, and the distilled-minus-baseline gain;
+  (c) ``distill.py`` again with the original lab's own recipe (LAB_RECIPE below), one seed, on
+      what is left of the time, its rows beside the lab's published numbers.
 
 Prepare (here, once; needs ../shared and PyPI): ``bash benchmarks/gpu_check_prepare.sh``, i.e.
 
@@ -36,8 +38,9 @@ PYTHONPATH (pure-Python wheels need nothing more), so it needs no pip. With pip,
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl && \
         PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py --out $OUT/gpu_check.md
 
-Besides the table, ``--out``'s folder gets ``<stem>_distill.log`` (distill.py's output) and
-``<stem>_run/`` (the run's summaries, metrics and plots, without weights).
+Besides the table, ``--out``'s folder gets ``<stem>_distill.log`` / ``<stem>_lab.log`` (distill.py's
+output in parts (b) / (c)) and ``<stem>_run/`` / ``<stem>_lab_run/`` (each run's summaries, metrics
+and plots, without weights).
 On a CPU, ``python benchmarks/gpu_check.py --toy --device cpu`` runs everything end to end at toy
 sizes (tests/test_gpu_check.py does).
 """
@@ -47,12 +50,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +67,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 STAGES = ("teacher", "student_baseline", "student_distill")
 DEFAULT_DATA = ROOT / ".gpu" / "cifar10_jpeg.npz"
-TARGET_TEACHER_ACC = 0.93
+TARGET_TEACHER_ACC = 0.94  # issue 24
 
-# The short-schedule recipe for the real run (distill.py overrides), and why:
+# The short-schedule recipe of part (b) (distill.py overrides), and why:
 # - SGD, Nesterov momentum 0.9, weight decay 5e-4 (conf/optimizer/sgd.yaml): the usual CIFAR
 #   ResNet recipe; Adam 1e-3 (the original lab's) is a point or two worse on ResNets when short.
 # - batch 512, peak lr 0.4: 0.1 per 128 images, scaled linearly (Goyal et al. 2017); 512 keeps
@@ -76,30 +81,69 @@ TARGET_TEACHER_ACC = 0.93
 #   91.3 % in 50 (README, "The GPU check").
 # - label smoothing 0.1 and a test-time flip (trainer.label_smoothing, trainer.eval_flip): the
 #   usual short-schedule helpers, each worth a few tenths of a point.
-# - 50 epochs (--epochs, each stage): about 300 s for the three stages on an H100. The run is
-#   timed from part (a)'s measured images/s first and cut to the epochs that fit --budget-s
-#   (never below --min-epochs).
+# The 94 % attempt (issue 24), NOT YET RUN ON A GPU: the measured 91.27 % came with 99.4 % train
+# accuracy, i.e. overfitting, so the levers are more augmentation and weight averaging:
+# - data.augment.cutout=12 on top of the 4-pixel crop and flip: one 12x12 mean-coloured square
+#   per image (DeVries & Taylor 2017, "Improved Regularization of CNNs with Cutout"; they use 16
+#   for 200-epoch runs). 12 is what airbench96 (Keller Jordan, cifar10-airbench, airbench96.py)
+#   adds to its 4-pixel translate and flip for ~40 epochs, about this check's schedule; a shorter
+#   run fits less, so a smaller square than the paper's.
+# - trainer.ema.decay=0.99, every=2: an average of the weights (README, "Weight averaging") with
+#   a horizon of 1 / (1 - 0.99) = 100 updates = 200 steps, about two epochs at 96 steps per epoch
+#   (49,000 / 512); the average, not the last weights, is validated and tested. start_step: the
+#   first third of the run's steps (ema_overrides, from the planned epochs) are left out, so the
+#   average starts from weights past the warm-up and the early, fast-moving phase.
+# - the epochs: --epochs (50) at most, cut by the planner to part (b)'s share of --budget-s
+#   (about 40 on an H100 next to part (c)); the run is timed from part (a)'s images/s first and
+#   never cut below --min-epochs.
 # - val_size 1000: validation only picks the best epoch (trainer.test_on=best), and with a
 #   decaying schedule that is one of the last; every other image trains.
 # - trainer.checkpoint=false: a one-shot check is never resumed, and the teacher's last.pt/best.pt
 #   (weights + momentum, ~170 MB) would be written every epoch. Stage files are still written.
-# - data.cache_dir=null: the JPEGs are decoded once in the job; no 180 MB cache file.
+# - data.cache_dir=<workdir>/cache: part (b) decodes the JPEGs once and part (c) reads the
+#   decoded tensor (~180 MB under --workdir, never under --out) instead of decoding them again.
 # - distill.kd.temperature / alpha: labkit's defaults (T=4, alpha=0.5, the lab's alpha); the data
-#   are augmented (crop + flip), so the teacher runs live on every batch.
+#   are augmented (crop + flip + cutout), so the teacher runs live on every batch.
 VAL_SIZE = 1000
+BATCH = 512
 RECIPE = [
     "optimizer=sgd", "optimizer.lr=0.4", "scheduler=onecycle",
     "trainer.label_smoothing=0.1", "trainer.eval_flip=true",
-    "data.batch_size=512", "data.eval_batch_size=2048", f"data.val_size={VAL_SIZE}",
-    "trainer.checkpoint=false", "data.cache_dir=null",
+    f"data.batch_size={BATCH}", "data.eval_batch_size=2048", f"data.val_size={VAL_SIZE}",
+    "data.augment.cutout=12", "trainer.ema.decay=0.99", "trainer.ema.every=2",
+    "trainer.checkpoint=false",
 ]
-# --toy: the same command at toy sizes (narrow models, one epoch) on a tiny generated JPEG folder
+EMA_START = 1 / 3  # of the run's optimizer steps
+# Part (c), the original lab's own recipe (its README's command: Adam 1e-3, batch 128, 50 epochs,
+# T=3, alpha=0.5, teacher 3-4-6-3 and student 1-1-1-1 with skips), NOT YET RUN ON A GPU. Adam
+# at 1e-3 and no schedule (scheduler=none; labkit's distill.py default is cosine), crop and flip
+# as data=cifar10_jpeg has them (README, "From the original lab's distillation flags"), and none
+# of labkit's additions: no label smoothing, no test-time flip, no EMA, no cutout. What differs
+# from the lab: labkit's bf16 fast path (trainer=gpu), a 1,000-image validation split (the lab
+# trained on all 50,000), and fewer epochs than its 50 (the planner fits them to part (c)'s share
+# of --budget-s; at batch 128 an H100 is slower per image than at 512), reported beside its 50.
+LAB_BATCH = 128
+LAB_EPOCHS = 50
+LAB_RECIPE = [
+    "optimizer=adam", "optimizer.lr=1e-3", "scheduler=none",
+    f"data.batch_size={LAB_BATCH}", "data.eval_batch_size=2048", f"data.val_size={VAL_SIZE}",
+    "distill.kd.temperature=3", "distill.kd.alpha=0.5",
+    "trainer.label_smoothing=0.0", "trainer.eval_flip=false", "data.augment.cutout=0",
+    "trainer.checkpoint=false",
+]
+# the lab's README table (50 epochs): test accuracy (%) per stage
+LAB_PUBLISHED = {"teacher": 85.95, "student_baseline": 82.36, "student_distill": 85.87}
+# Planner: part (c)'s time per epoch over part (b)'s at the same images/s (batch 128 against 512:
+# more, smaller steps; a guess until a GPU measures it), and part (c)'s share of the time left.
+LAB_SLOWDOWN = 1.5
+# --toy: the same commands at toy sizes (narrow models, one epoch) on a tiny generated JPEG folder
 TOY_VAL_SIZE = 20
+TOY_BATCH = 32
 TOY_RECIPE = [
-    "teacher.width=8", "student.width=4", "data.batch_size=32", "data.eval_batch_size=256",
-    "scheduler.pct_start=0.5",  # one epoch of 4 batches: a 2-step warm-up
+    "teacher.width=8", "student.width=4", f"data.batch_size={TOY_BATCH}", "data.eval_batch_size=256",
     f"data.val_size={TOY_VAL_SIZE}",
 ]
+TOY_ONECYCLE = ["scheduler.pct_start=0.5"]  # one epoch of 4 batches: a 2-step warm-up
 TOY_IMAGES = {"train": 12, "test": 4}  # per class
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -266,75 +310,92 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
     return workdir / "CIFAR-10-JPEG", int(meta["train"])
 
 
-def plan_epochs(args: argparse.Namespace, fast: dict[str, float], n_train: int,
+@dataclass
+class Part:
+    """One distill.py call of the check: part (b), labkit's recipe, or part (c), the lab's."""
+
+    name: str  # "distill" (b) or "lab" (c): the log and run folder names next to --out
+    title: str
+    recipe: list[str]
+    batch: int
+    epochs: int  # at most
+    min_epochs: int
+    slowdown: float = 1.0  # planner: time per epoch over part (b)'s at the same images/s
+    overrides: list[str] = field(default_factory=list)
+    published: dict[str, float] | None = None  # the lab's test accuracies (%) per stage
+    published_epochs: int | None = None
+
+
+def parts(args: argparse.Namespace) -> list[Part]:
+    """The distill.py calls this check makes, in order."""
+    found = [Part("distill", "## Distillation on CIFAR-10 (JPEG): teacher ResNet-34 (3-4-6-3) -> student "
+                  "(1-1-1-1), labkit's recipe", RECIPE, BATCH, args.epochs, args.min_epochs,
+                  overrides=list(args.override))]
+    if not args.skip_lab:
+        found.append(Part("lab", "## The original lab's recipe (Adam 1e-3, batch 128, no schedule, T=3, "
+                          "alpha=0.5, crop + flip; lab: 50 epochs), same teacher and student", LAB_RECIPE,
+                          LAB_BATCH, args.lab_epochs, args.lab_min_epochs, LAB_SLOWDOWN,
+                          list(args.lab_override), LAB_PUBLISHED, LAB_EPOCHS))
+    return found
+
+
+def plan_epochs(args: argparse.Namespace, part: Part, fast: dict[str, float], n_train: int,
                 time_left: float) -> tuple[int, str]:
-    """``--epochs``, or fewer when part (a)'s throughput says they would not fit in ``time_left``.
+    """``part.epochs``, or fewer when part (a)'s throughput says they would not fit in ``time_left``.
 
     Per epoch: the teacher's training, the baseline student's, and the distilled student's plus
     a live teacher forward pass (about a third of a training step), scaled by what one H100 run
-    measured (validation and evaluation included); before that, start-up and JPEG decoding.
+    measured (validation and evaluation included) and by ``part.slowdown``; before that,
+    start-up and JPEG decoding.
     """
     if args.toy:
         return 1, ""
     if args.budget_s <= 0:
-        return args.epochs, ""
+        return part.epochs, ""
     if "teacher" not in fast or "student" not in fast:
-        return args.epochs, f"{args.epochs} epochs, not checked against --budget-s (no throughput measured)"
+        return part.epochs, f"{part.epochs} epochs, not checked against --budget-s (no throughput measured)"
     teacher, student = fast["teacher"], fast["student"]
     # 0.6: on the H100 (2026-11-28) the stages trained at about twice part (a)'s images/s
     # (batch 512 and SGD there, batch 256 and Adam here); 4.9 s per epoch against 11.0 estimated at 1.2
-    per_epoch = 0.6 * n_train * (1 / teacher + 2 / student + 1 / (3 * teacher))
+    per_epoch = part.slowdown * 0.6 * n_train * (1 / teacher + 2 / student + 1 / (3 * teacher))
     fixed = 45 + n_train / 3000  # imports, decoding the JPEGs in one process, cuDNN autotuning
     fit = int((time_left - fixed) // per_epoch)
     estimate = f"estimated {per_epoch:.1f} s per epoch of all three stages + {fixed:.0f} s"
-    if fit >= args.epochs:
-        return args.epochs, f"{args.epochs} epochs per stage ({estimate}; {time_left:.0f} s left)"
-    epochs = max(args.min_epochs, fit)
-    return epochs, (f"**{epochs} epochs per stage, cut from {args.epochs}** to fit --budget-s "
+    if fit >= part.epochs:
+        return part.epochs, f"{part.epochs} epochs per stage ({estimate}; {time_left:.0f} s left)"
+    epochs = max(part.min_epochs, fit)
+    return epochs, (f"**{epochs} epochs per stage, cut from {part.epochs}** to fit --budget-s "
                     f"({estimate}; {time_left:.0f} s left)")
 
 
-def distill_command(args: argparse.Namespace, data_dir: Path, run_dir: Path, epochs: int) -> list[str]:
+def ema_overrides(part: Part, n_train: int, epochs: int, batch: int) -> list[str]:
+    """The EMA's first step: the first EMA_START of the run's optimizer steps are left out (it
+    depends on the planned epochs, so it is not in RECIPE). Nothing for a recipe without EMA."""
+    if not any(item.startswith("trainer.ema.decay=") for item in part.recipe):
+        return []
+    return [f"trainer.ema.start_step={int(EMA_START * epochs * math.ceil(n_train / batch))}"]
+
+
+def distill_command(args: argparse.Namespace, part: Part, data_dir: Path, run_dir: Path, epochs: int,
+                    n_train: int) -> list[str]:
     cmd = [sys.executable, str(ROOT / "distill.py"),
            "model@teacher=resnet_teacher", "model@student=resnet_student", "data=cifar10_jpeg",
-           f"data.path={data_dir}", "logger=none", "trainer=gpu", *RECIPE, f"trainer.epochs={epochs}",
+           f"data.path={data_dir}", "logger=none", "trainer=gpu", *part.recipe, f"trainer.epochs={epochs}",
+           f"data.cache_dir={args.workdir / 'cache'}",
            f"hydra.run.dir={run_dir}", f"paths.log_dir={run_dir.parent / 'logs'}"]
+    batch = part.batch
     if args.toy:
-        cmd += TOY_RECIPE
+        cmd += TOY_RECIPE + (TOY_ONECYCLE if "scheduler=onecycle" in part.recipe else [])
+        batch = TOY_BATCH
+    cmd += ema_overrides(part, n_train, epochs, batch)
     if torch.device(args.device).type != "cuda":
         cmd.append(f"trainer.device={args.device}")
-    return cmd + list(args.override)
+    return cmd + part.overrides
 
 
-def run_distill(args: argparse.Namespace, report: Report, fast: dict[str, float], budget_end: float) -> None:
-    """Part (b): run distill.py, then put its stages' summaries into the report.
-
-    distill.py gets until 40 s after ``budget_end``; then it is stopped (SIGTERM: the engine
-    stops cleanly) and the stages that finished are reported.
-    """
-    lines = report.section()
-    lines += ["## Distillation on CIFAR-10 (JPEG): teacher ResNet-34 (3-4-6-3) -> student (1-1-1-1)", ""]
-    workdir = args.workdir
-    try:
-        data_dir, n_images = prepare_data(args, workdir)
-    except Exception as exc:
-        report.failed = True
-        lines.append(f"**distillation not run:** {type(exc).__name__}: {exc}")
-        print(lines[-1])
-        return
-    val_size = TOY_VAL_SIZE if args.toy else VAL_SIZE
-    n_train = n_images - val_size
-    epochs, plan = plan_epochs(args, fast, n_train, budget_end - time.perf_counter())
-    deadline = budget_end + 40
-    run_dir = workdir / f"distill_{time.strftime('%Y%m%d_%H%M%S')}"
-    cmd = distill_command(args, data_dir, run_dir, epochs)
-    log_path = args.out.with_name(f"{args.out.stem}_distill.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    shown = " ".join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))
-    lines += [f"`{shown}`", "", f"- data: {n_train:,} training images ({val_size:,} more for validation) "
-              f"from {data_dir}", f"- schedule: {plan or f'{epochs} epoch(s) per stage'}"]
-    report.write()
-    print(f"distill: {epochs} epoch(s) per stage, {n_train:,} training images; log: {log_path}", flush=True)
+def run_subprocess(cmd: list[str], log_path: Path, deadline: float) -> tuple[int, str, float]:
+    """Run ``cmd`` into ``log_path`` until ``deadline`` (then SIGTERM: the engine stops cleanly
+    and the finished stages stay); its exit code, why it was stopped ("" if it was not), seconds."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
     start, status = time.perf_counter(), ""
     with open(log_path, "w") as log:
@@ -342,7 +403,7 @@ def run_distill(args: argparse.Namespace, report: Report, fast: dict[str, float]
         try:
             timeout = None if deadline == float("inf") else max(10.0, deadline - time.perf_counter())
             rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:  # SIGTERM: the engine stops cleanly, finished stages stay
+        except subprocess.TimeoutExpired:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
@@ -350,7 +411,38 @@ def run_distill(args: argparse.Namespace, report: Report, fast: dict[str, float]
                 proc.kill()
                 proc.wait()
             rc, status = proc.returncode, f"stopped after {time.perf_counter() - start:.0f} s (--budget-s)"
-    wall = time.perf_counter() - start
+    return rc, status, time.perf_counter() - start
+
+
+def run_distill(args: argparse.Namespace, report: Report, part: Part, fast: dict[str, float],
+                budget_end: float, data: tuple[Path, int] | Exception) -> None:
+    """Part (b) or (c): run distill.py, then put its stages' summaries into the report.
+
+    distill.py gets until 40 s after ``budget_end``; then it is stopped (SIGTERM: the engine
+    stops cleanly) and the stages that finished are reported.
+    """
+    lines = report.section()
+    lines += [part.title, ""]
+    if isinstance(data, Exception):
+        report.failed = True
+        lines.append(f"**distillation not run:** {type(data).__name__}: {data}")
+        print(lines[-1])
+        return
+    data_dir, n_images = data
+    val_size = TOY_VAL_SIZE if args.toy else VAL_SIZE
+    n_train = n_images - val_size
+    epochs, plan = plan_epochs(args, part, fast, n_train, budget_end - time.perf_counter())
+    run_dir = args.workdir / f"{part.name}_{time.strftime('%Y%m%d_%H%M%S')}"
+    cmd = distill_command(args, part, data_dir, run_dir, epochs, n_train)
+    log_path = args.out.with_name(f"{args.out.stem}_{part.name}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    shown = " ".join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))
+    lines += [f"`{shown}`", "", f"- data: {n_train:,} training images ({val_size:,} more for validation) "
+              f"from {data_dir}", f"- schedule: {plan or f'{epochs} epoch(s) per stage'}"]
+    report.write()
+    print(f"{part.name}: {epochs} epoch(s) per stage, {n_train:,} training images; log: {log_path}",
+          flush=True)
+    rc, status, wall = run_subprocess(cmd, log_path, budget_end + 40)
     if rc != 0 or status:
         report.failed = True
         last = last_error_line(log_path)
@@ -362,8 +454,9 @@ def run_distill(args: argparse.Namespace, report: Report, fast: dict[str, float]
         print(f"last lines of {log_path}:\n  " + "\n  ".join(tail))
     else:
         lines.append(f"- distill.py: exit code 0 after {wall:.0f} s")
-    stage_table(lines, run_dir)
-    copy_run_files(run_dir, args.out.with_name(f"{args.out.stem}_run"))
+    stage_table(lines, run_dir, part)
+    suffix = "_run" if part.name == "distill" else f"_{part.name}_run"
+    copy_run_files(run_dir, args.out.with_name(f"{args.out.stem}{suffix}"))
 
 
 def last_error_line(log_path: Path) -> str:
@@ -382,23 +475,31 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def stage_table(lines: list[str], run_dir: Path) -> None:
-    """One row per stage from its summary.json (a stage without one says so), then the gain."""
+def stage_table(lines: list[str], run_dir: Path, part: Part) -> None:
+    """One row per stage from its summary.json (a stage without one says so), then the gain; for
+    the lab's recipe, its published accuracy beside each stage's."""
     job = read_json(run_dir / "summary.json") or {}
     summaries = {stage: read_json(run_dir / stage / "summary.json") for stage in STAGES}
     base, dist = summaries["student_baseline"], summaries["student_distill"]
     gain = job.get("distill_gain_pp")
     if gain is None and base and dist and "test_acc" in base and "test_acc" in dist:
         gain = 100 * (dist["test_acc"] - base["test_acc"])
-    lines += ["", "| stage | test acc (%) | test loss | params | epochs | train_time_s | images/s | "
-              "precision / fast_path | gain vs baseline (pp) |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lab = part.published
+    lab_head, lab_rule = ("", "")
+    if lab:
+        lab_head, lab_rule = f" lab's test acc (%, {part.published_epochs} epochs) |", "---:|"
+    lines += ["", f"| stage | test acc (%) |{lab_head} test loss | params | epochs | train_time_s | "
+              "images/s | precision / fast_path | gain vs baseline (pp) |",
+              f"|---|---:|{lab_rule}---:|---:|---:|---:|---:|---|---:|"]
     for stage, s in summaries.items():
+        lab_cell = f" {lab[stage]:.2f} |" if lab else ""
         if s is None:
-            lines.append(f"| {stage} | not finished (no {stage}/summary.json) | — | — | — | — | — | — | — |")
+            lines.append(f"| {stage} | not finished (no {stage}/summary.json) |{lab_cell} "
+                         "— | — | — | — | — | — | — |")
             continue
         gain_cell = fmt(gain, "+.2f") if stage == "student_distill" else ""
-        lines.append(f"| {stage} | {fmt(s.get('test_acc'), '.2f', 100)} | {fmt(s.get('test_loss'), '.4f')} | "
+        lines.append(f"| {stage} | {fmt(s.get('test_acc'), '.2f', 100)} |{lab_cell} "
+                     f"{fmt(s.get('test_loss'), '.4f')} | "
                      f"{fmt(s.get('params'), ',')} | {s.get('epochs_completed', '—')} | "
                      f"{fmt(s.get('train_time_s'), '.1f')} | {fmt(s.get('train_images_per_s'), ',.0f')} | "
                      f"{s.get('precision', '—')} / {s.get('fast_path', '—')} | {gain_cell} |")
@@ -408,7 +509,10 @@ def stage_table(lines: list[str], run_dir: Path) -> None:
         lines.append(f"Distilled minus baseline: {fmt(gain, '+.2f')} points; teacher-student gap closed "
                      f"{fmt(job.get('gap_closed_pct'), '.0f')} % (T={job.get('temperature')}, "
                      f"alpha={job.get('alpha')}, teacher outputs {job.get('teacher_outputs')}).")
-    if teacher and isinstance(teacher.get("test_acc"), int | float):
+    if lab:
+        lines.append(f"The lab's numbers are from its README (one run, {part.published_epochs} epochs, fp32, "
+                     f"no validation split); labkit's ran the epochs in the table.")
+    elif teacher and isinstance(teacher.get("test_acc"), int | float):
         verdict = "yes" if teacher["test_acc"] >= TARGET_TEACHER_ACC else "**no**"
         lines.append(f"Teacher at >= {100 * TARGET_TEACHER_ACC:.0f} % test accuracy: {verdict}.")
 
@@ -425,6 +529,24 @@ def copy_run_files(run_dir: Path, dest: Path) -> None:
             shutil.copy2(path, target)
 
 
+def run_distillations(args: argparse.Namespace, report: Report, fast: dict[str, float],
+                      budget_end: float) -> None:
+    """Parts (b) and (c) on the same data: (b) until its share of the time left, then (c) until
+    ``budget_end`` (and whatever (b) left unused)."""
+    try:
+        data: tuple[Path, int] | Exception = prepare_data(args, args.workdir)
+    except Exception as exc:
+        data = exc
+    todo = parts(args)
+    left = budget_end - time.perf_counter()
+    for i, part in enumerate(todo):
+        end = budget_end
+        if i == 0 and len(todo) > 1 and left != float("inf"):
+            end = time.perf_counter() + (1 - args.lab_share) * left
+        run_distill(args, report, part, fast, end, data)
+        report.write()
+
+
 # -- the command ---------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -437,17 +559,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="wheels of hydra-core, omegaconf, antlr4, used when they are not installed")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="one more distill.py override (repeatable), after the recipe's")
+    parser.add_argument("--lab-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override of part (c), the lab's recipe (repeatable)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --toy)")
     parser.add_argument("--toy", action="store_true", help="toy sizes end to end (runs on a CPU)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of each distillation stage (at most)")
     parser.add_argument("--min-epochs", type=int, default=10, help="never cut the schedule below this")
+    parser.add_argument("--lab-epochs", type=int, default=LAB_EPOCHS,
+                        help="epochs of each stage of part (c), the lab's recipe (at most)")
+    parser.add_argument("--lab-min-epochs", type=int, default=3, help="never cut part (c) below this")
+    parser.add_argument("--lab-share", type=float, default=0.35,
+                        help="part (c)'s share of the time left after part (a); part (b) gets the rest")
     parser.add_argument("--budget-s", type=float, default=470,
                         help="wall time the whole check aims at; distill.py is stopped 40 s after it "
                              "(0: no plan, no limit)")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per throughput loop")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--skip-distill", action="store_true")
+    parser.add_argument("--skip-distill", action="store_true", help="skip parts (b) and (c)")
+    parser.add_argument("--skip-lab", action="store_true", help="skip part (c), the lab's recipe")
     args = parser.parse_args(argv)
     args.device = args.device or ("cpu" if args.toy else "cuda")
     return args
@@ -480,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         fast = run_throughput(args, report)
         report.write()
     if not args.skip_distill:
-        run_distill(args, report, fast, budget_end)
+        run_distillations(args, report, fast, budget_end)
     wall = time.perf_counter() - start
     report.header.append(f"- total wall time: {wall:.0f} s ({wall / 60:.1f} min)"
                          f"{'; **some part failed**' if report.failed else ''}")

@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from labkit.data import SyntheticImages
+from labkit.data import SyntheticImages, TensorLoader
 from labkit.engine import Engine
 from labkit.engine.accel import FastPath, apply_fast_path, plan_fast_path
 from labkit.engine.optim import build_optimizer
@@ -57,15 +57,18 @@ def time_engine(data: SyntheticImages, layers: list[int], args, fast: bool) -> f
         torch.backends.cudnn.benchmark = False
     optimizer = build_optimizer(functools.partial(torch.optim.Adam, lr=1e-3), model)
     engine = Engine(model, optimizer, device=device, precision=plan.precision, log_every_n_steps=10**9)
-    loader = data.loader("train", torch.Generator(device=device).manual_seed(0))
-    loader.drop_last = True
-    warm = data.loader("train", torch.Generator(device=device).manual_seed(1))
-    warm.drop_last = True
-    n_warm, n_timed = args.warmup * args.batch, args.steps * args.batch
-    warm.images, warm.targets = loader.images[:n_warm], loader.targets[:n_warm]
+    images, targets = data._get("train")
+
+    def loader(n: int, seed: int) -> TensorLoader:
+        # the training loader's options over the first n images (a loader's size is fixed when
+        # it is made, so the images are cut before, not after)
+        options = data.loader_options("train", torch.Generator(device=device).manual_seed(seed), 0, 1, None)
+        return TensorLoader(images[:n], targets[:n], **{**options, "drop_last": True})
+
+    warm = loader(args.warmup * args.batch, 1)
     engine.train_epoch(warm, len(warm))
-    loader.images, loader.targets = loader.images[:n_timed], loader.targets[:n_timed]
-    metrics = engine.train_epoch(loader, len(loader))
+    timed = loader(args.steps * args.batch, 0)
+    metrics = engine.train_epoch(timed, len(timed))
     return metrics["images_per_s"]
 
 
