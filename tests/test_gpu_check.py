@@ -102,10 +102,27 @@ def test_toy_check_runs_end_to_end_and_fills_the_table(tmp_path):
     for stage in STAGES:  # test acc, test loss, params
         assert re.search(rf"^\| {stage} \| \d+\.\d\d \| \d+\.\d{{4}} \| {number} \|", table, re.M), table
     assert re.search(r"^\| student_distill \|.*\| [+-]\d+\.\d\d \|$", table, re.M), table
-    assert "distill.py: exit code 0" in table and "total wall time" in table and "device: cpu" in table
+    assert table.count("distill.py: exit code 0") == 2
+    assert "total wall time" in table and "device: cpu" in table
     assert (tmp_path / "t_run" / "summary.json").is_file()
     assert (tmp_path / "t_run" / "student_distill" / "metrics.jsonl").is_file()
     assert (tmp_path / "t_distill.log").is_file()
+    # part (b): the 94 % recipe, the EMA from a third of the steps (100 images / batch 32: 4 steps)
+    labkit_part, lab_part = table.split("## The original lab's recipe")
+    for override in ("data.augment.cutout=12", "trainer.ema.decay=0.99", "trainer.ema.every=2",
+                     "trainer.ema.start_step=1", "scheduler=onecycle"):
+        assert override in labkit_part
+    # part (c): the lab's recipe, its rows beside the lab's published accuracies
+    for override in ("optimizer=adam", "optimizer.lr=1e-3", "scheduler=none", "distill.kd.temperature=3",
+                     "distill.kd.alpha=0.5", "trainer.eval_flip=false", "data.augment.cutout=0"):
+        assert override in lab_part
+    assert "trainer.ema" not in lab_part and "label_smoothing=0.1" not in lab_part
+    for stage, published in zip(STAGES, ("85.95", "82.36", "85.87"), strict=True):
+        assert re.search(rf"^\| {stage} \| \d+\.\d\d \| {published} \| \d+\.\d{{4}} \| {number} \| 1 \|",
+                         lab_part, re.M), lab_part
+    assert "T=3.0, alpha=0.5" in lab_part
+    assert (tmp_path / "t_lab_run" / "student_distill" / "summary.json").is_file()
+    assert (tmp_path / "t_lab.log").is_file()
 
 
 @pytest.mark.slow
@@ -125,3 +142,21 @@ def test_missing_data_is_one_line_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "**distillation not run:** FileNotFoundError" in (tmp_path / "t.md").read_text()
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_budget_is_shared_between_labkits_recipe_and_the_labs():
+    """With the throughput the H100 measured on 2026-11-28 and 436 s left after part (a), part (b)
+    gets about 40 epochs and part (c), the lab's batch-128 recipe, about 11 of its 50."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = gpu_check.parse_args([])
+    labkit_part, lab_part = gpu_check.parts(args)
+    fast, left = {"teacher": 10390.0, "student": 34429.0}, 436.0
+    assert gpu_check.plan_epochs(args, labkit_part, fast, 49000, (1 - args.lab_share) * left)[0] == 40
+    assert gpu_check.plan_epochs(args, lab_part, fast, 49000, args.lab_share * left)[0] == 11
+    assert gpu_check.ema_overrides(labkit_part, 49000, 40, gpu_check.BATCH) == ["trainer.ema.start_step=1280"]
+    assert gpu_check.ema_overrides(lab_part, 49000, 11, gpu_check.LAB_BATCH) == []
+    assert [p.name for p in gpu_check.parts(gpu_check.parse_args(["--skip-lab"]))] == ["distill"]
