@@ -558,7 +558,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, default=ROOT / ".gpu",
                         help="wheels of hydra-core, omegaconf, antlr4, used when they are not installed")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more distill.py override (repeatable), after the recipe's")
+                        help="one more override of part (b), labkit's recipe (repeatable), after it")
     parser.add_argument("--lab-override", action="append", default=[], metavar="KEY=VALUE",
                         help="one more override of part (c), the lab's recipe (repeatable)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --toy)")
