@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labkit.distill.report import LABELS, method_name
+from labkit.distill.report import LABELS, gap_closed, method_name
 from labkit.report.forest import ForestRow, plot_forest
 from labkit.report.jobs import Job, load_jobs
 from labkit.report.stats import Estimate, estimate
@@ -56,6 +56,7 @@ class MethodResult:
     accs: list[float]
     diffs: list[float]
     difference: Estimate
+    gaps_closed: list[float]  # per seed: the share (%) of the teacher's lead it recovered
 
 
 def _with_distilled(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +72,9 @@ def method_results(jobs: Sequence[dict[str, Any]]) -> list[MethodResult]:
     for label, members in groups.items():
         accs = [100 * j["student_distill_test_acc"] for j in members]
         diffs = [100 * (j["student_distill_test_acc"] - j["student_baseline_test_acc"]) for j in members]
-        found.append(MethodResult(label, accs, diffs, estimate(diffs)))  # one job's difference is paired
+        gaps = [g for g in (gap_closed(j["teacher_test_acc"], j["student_baseline_test_acc"],
+                                       j["student_distill_test_acc"]) for j in members) if g is not None]
+        found.append(MethodResult(label, accs, diffs, estimate(diffs), gaps))  # paired by seed
     return sorted(found, key=lambda m: -statistics.mean(m.accs))
 
 
@@ -81,20 +84,23 @@ def methods_table(jobs: Sequence[dict[str, Any]]) -> str:
     jobs = _with_distilled(jobs)
     baseline = {j.get("seed", i): 100 * j["student_baseline_test_acc"] for i, j in enumerate(jobs)}
     teachers = sorted({round(100 * j["teacher_test_acc"], 4) for j in jobs})
-    rows = ["| student | seeds | test acc (%), mean ± sd | minus baseline (points) | 95 % CI | better |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| baseline (hard labels) | {len(baseline)} | {mean_sd(list(baseline.values()))} | | | |"]
+    rows = ["| student | seeds | test acc (%), mean ± sd | minus baseline (points) | 95 % CI | better "
+            "| gap closed (%) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| baseline (hard labels) | {len(baseline)} | {mean_sd(list(baseline.values()))} | | | | 0 |"]
     for method in method_results(jobs):
         interval = method.difference
         ci = f"[{interval.low:+.2f}, {interval.high:+.2f}]" if interval.low is not None else "n/a (1 seed)"
         wins = sum(d > 0 for d in method.diffs)
+        closed = mean_sd(method.gaps_closed) if method.gaps_closed else "-"
         rows.append(f"| {method.label} | {len(method.accs)} | {mean_sd(method.accs)} | "
-                    f"{interval.mean:+.2f} | {ci} | {wins} of {len(method.accs)} |")
+                    f"{interval.mean:+.2f} | {ci} | {wins} of {len(method.accs)} | {closed} |")
     teacher = ", ".join(f"{t:.2f}" for t in teachers)
     notes = [f"Teacher test accuracy: {teacher} %. Differences are paired by seed (each method's "
              "student and the baseline start from the same weights and see the same batches); the "
              "interval is Student's t over the seeds. An interval that contains 0 is no evidence "
-             "of a difference."]
+             "of a difference. Gap closed: (distilled - baseline) / (teacher - baseline) per seed, "
+             "mean ± sd."]
     return "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
