@@ -13,9 +13,11 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PYTHON) train.py $(ARGS)
 
+# two pytest workers, one thread each: the suite's time is mostly subprocess start-ups (one core
+# each), so two workers use both cores; a test file stays on one worker (module fixtures, torchrun)
 test: $(STAMP)
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

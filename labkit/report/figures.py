@@ -14,7 +14,14 @@ from labkit.report.forest import comparison_rows, plot_forest
 from labkit.report.grads import plot_grad_norm_comparison
 from labkit.report.jobs import Job
 from labkit.report.loss_curves import plot_mean_loss_curves
-from labkit.report.stats import RESULT_STATES, Comparison, Estimate, estimate, is_replicate_key
+from labkit.report.stats import (
+    RESULT_STATES,
+    Comparison,
+    Estimate,
+    estimate,
+    geometric_estimate,
+    is_replicate_key,
+)
 from labkit.report.table import accuracy_key, format_value, short_names, swept_keys
 from labkit.tracking.figures import pyplot, save_figure
 
@@ -68,6 +75,7 @@ class Series:
     xs: list[Any]
     means: list[float]
     errors: list[float]
+    bounds: list[tuple[float, float]] | None = None  # an asymmetric interval (a loss's geometric one)
 
 
 def _series_keys(jobs: Sequence[Job], key: str) -> list[str]:
@@ -88,7 +96,8 @@ def accuracy_series(jobs: Sequence[Job], key: str,
     """The x positions and one series per combination of the other swept values (e.g.
     residual x norm); swept seeds are averaged, with their 95 % CI. Non-numeric values (lists,
     names, flags) are categories in the sweep's order. ``metric``: a summary key other than the
-    test accuracy (e.g. :data:`TRAIN_LOSS`), drawn as it is (accuracy: in %)."""
+    test accuracy (e.g. :data:`TRAIN_LOSS`): its geometric mean and interval over seeds (losses
+    span orders of magnitude; accuracy: the arithmetic mean, in %)."""
     done = [j for j in _finished(jobs)
             if key in j.overrides and (metric is None or _is_number(j.summary.get(metric)))]
     y_key = metric or accuracy_key(jobs)
@@ -106,8 +115,14 @@ def accuracy_series(jobs: Sequence[Job], key: str,
     series = []
     for label, by_x in groups.items():
         xs = [x for x in positions if x in by_x]
-        estimates = [estimate(by_x[x]) for x in xs]
-        series.append(Series(label, xs, [e.mean for e in estimates], [e.half_width for e in estimates]))
+        if metric is None or any(v <= 0 for x in xs for v in by_x[x]):
+            estimates = [estimate(by_x[x]) for x in xs]
+            series.append(Series(label, xs, [e.mean for e in estimates], [e.half_width for e in estimates]))
+            continue
+        estimates = [geometric_estimate(by_x[x]) for x in xs]
+        bounds = [(e.mean, e.mean) if e.low is None else (e.low, e.high) for e in estimates]
+        series.append(Series(label, xs, [e.mean for e in estimates], [e.half_width for e in estimates],
+                             bounds))
     return positions, series
 
 
@@ -172,6 +187,9 @@ def draw_accuracy_vs(ax: Any, jobs: Sequence[Job], key: str, metric: str | None 
     spread = min(0.5 / max(len(series), 1), 0.15)  # categories: series side by side at each value
     for i, line in enumerate(series):
         errors = line.errors if any(e > 0 for e in line.errors) else None
+        if line.bounds is not None and errors is not None:
+            errors = [[m - low for m, (low, _) in zip(line.means, line.bounds, strict=True)],
+                      [high - m for m, (_, high) in zip(line.means, line.bounds, strict=True)]]
         if numeric:
             ax.errorbar(line.xs, line.means, yerr=errors, marker="o", capsize=3, color=colours[line.label],
                         label=single if line.label == "all jobs" else line.label)
@@ -210,7 +228,8 @@ def plot_accuracy_vs(jobs: Sequence[Job], key: str, out: Path, metric: str | Non
     name = str(metric or accuracy_key(jobs)).replace("_acc", " accuracy").replace("_", " ")
     title = f"{name} vs {key}"
     if replicates:
-        title += f"\n(mean and 95 % CI over {', '.join(replicates)})"
+        average = "mean" if metric is None else "geometric mean"
+        title += f"\n({average} and 95 % CI over {', '.join(replicates)})"
     ax.set_title(title)
     ax.set_ylabel(f"{name} (%)" if metric is None else name)
     values = [m for line in accuracy_series(jobs, key, metric)[1] for m in line.means]

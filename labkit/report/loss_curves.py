@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labkit.report.jobs import Job
-from labkit.report.stats import RESULT_STATES, estimate, is_replicate_key
+from labkit.report.stats import RESULT_STATES, Estimate, estimate, geometric_estimate, is_replicate_key
 from labkit.report.table import format_value, short_names, swept_keys
 from labkit.tracking.figures import pyplot, save_figure
 
@@ -29,18 +29,17 @@ def _panels(jobs: Sequence[Job], key: str) -> dict[str, dict[str, list[Job]]]:
     return panels
 
 
-def mean_curve(jobs: Sequence[Job], metric: str = "train_loss") -> tuple[list[int], list[float], list[float]]:
-    """Epochs, the mean of ``metric`` over ``jobs`` and the half-width of its 95 % CI (0 for one
-    job), over the epochs every job reached."""
+def mean_curve(jobs: Sequence[Job], metric: str = "train_loss") -> tuple[list[int], list[Estimate]]:
+    """Epochs every job reached and, per epoch, the geometric mean of ``metric`` over ``jobs``
+    with its 95 % CI (losses span orders of magnitude; an arithmetic interval would reach below
+    zero on the log axis); the arithmetic one if a value is not positive."""
     by_epoch = [{row["epoch"]: row.get(metric) for row in job.metrics} for job in jobs]
     epochs = sorted(set.intersection(*(set(e) for e in by_epoch)))
-    means, errors = [], []
+    estimates = []
     for epoch in epochs:
         values = [float(rows[epoch]) for rows in by_epoch if rows[epoch] is not None]
-        e = estimate(values)
-        means.append(e.mean)
-        errors.append(e.half_width)
-    return epochs, means, errors
+        estimates.append(geometric_estimate(values) if min(values) > 0 else estimate(values))
+    return epochs, estimates
 
 
 def plot_mean_loss_curves(jobs: Sequence[Job], key: str, out: Path) -> Path | None:
@@ -56,12 +55,13 @@ def plot_mean_loss_curves(jobs: Sequence[Job], key: str, out: Path) -> Path | No
     log_scale = False
     for ax, (panel, by_line) in zip(axes.flat, panels.items(), strict=False):
         for line, members in by_line.items():
-            epochs, means, errors = mean_curve(members)
+            epochs, estimates = mean_curve(members)
+            means = [e.mean for e in estimates]
             colour = f"C{lines.index(line) % 10}"
             ax.plot(epochs, means, color=colour, label=f"{short_names([key])[key]}={line} (n={len(members)})")
-            ax.fill_between(epochs, [m - e for m, e in zip(means, errors, strict=True)],
-                            [m + e for m, e in zip(means, errors, strict=True)], color=colour, alpha=0.15,
-                            linewidth=0)
+            ax.fill_between(epochs, [e.mean if e.low is None else e.low for e in estimates],
+                            [e.mean if e.high is None else e.high for e in estimates], color=colour,
+                            alpha=0.15, linewidth=0)
             log_scale |= bool(means) and min(means) > 0 and max(means) / min(means) >= 20
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("epoch")
@@ -73,5 +73,5 @@ def plot_mean_loss_curves(jobs: Sequence[Job], key: str, out: Path) -> Path | No
         ax.set_ylabel("training loss")
         if log_scale:
             ax.set_yscale("log")  # shared y: one call sets every panel
-    fig.suptitle(f"training loss per epoch by {key} (mean over seeds, band: 95 % CI)", fontsize=11)
+    fig.suptitle(f"training loss per epoch by {key} (geometric mean over seeds, band: 95 % CI)", fontsize=11)
     return save_figure(fig, out, bbox_inches="tight")

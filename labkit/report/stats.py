@@ -66,6 +66,16 @@ def estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimat
     return Estimate(n, mean, sd, float(interval.low), float(interval.high))
 
 
+def geometric_estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+    """The geometric mean of positive ``values`` with the t interval of the mean of their
+    logarithms, mapped back (``sd`` is that of the logarithms). For losses that span orders of
+    magnitude and are drawn on a log axis: an arithmetic interval there reaches below zero."""
+    logs = estimate([math.log(v) for v in values], confidence)
+    if logs.low is None or logs.high is None:
+        return Estimate(logs.n, math.exp(logs.mean))
+    return Estimate(logs.n, math.exp(logs.mean), logs.sd, math.exp(logs.low), math.exp(logs.high))
+
+
 def paired_estimate(baseline: Sequence[float], arm: Sequence[float],
                     confidence: float = CONFIDENCE) -> Estimate:
     """The mean of ``arm - baseline`` over pairs, with its paired t interval."""
