@@ -167,6 +167,11 @@ class TensorLoader(EpochLoader):
         self.images = images
         self.targets = targets
 
+    @property
+    def num_samples(self) -> int:
+        """The images it holds now (the benchmarks cut ``images`` / ``targets`` of a made loader)."""
+        return len(self.images)
+
     def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
         for index in self.epoch_batches(start_batch, generator_state):
             yield self.finish(self.images[index], self.targets[index], index)
