@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -64,10 +63,6 @@ class WeightAverage:
     def started(self) -> bool:
         """Whether any update has happened (before that the average is not a set of weights)."""
         return int(self.averaged.n_averaged) > 0
-
-    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The weights to evaluate: the average once it has started, else ``model``'s own."""
-        return (self.module if self.started else model).state_dict()
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.module.state_dict(), "n_averaged": int(self.averaged.n_averaged),
