@@ -114,10 +114,18 @@ def run_training(cfg: DictConfig, data: RunData, model: PreparedModel, run: Stag
         engine.load_state_dict(resume.state, best_model=resume.best_model())
 
     def fit() -> dict[str, Any]:
-        return fit_and_test(engine, train_loader, data.val_loader(), data.loader("test"),
-                            cfg.trainer.test_on, data.num_classes)
+        loaders = (train_loader, data.val_loader(), data.loader("test"))
+        summary = fit_and_test(engine, *loaders, cfg.trainer.test_on, data.num_classes)
+        return {**summary, **skipped_images(loaders)}
 
     return recorded(run, fit, engine), engine.history
+
+
+def skipped_images(loaders: Sequence[Any]) -> dict[str, int]:
+    """``skipped_images``: the unreadable files a streamed folder left out (``data.skip_bad_images``)
+    in this process, for the summary; nothing for loaders that cannot skip."""
+    counts = [loader.skipped for loader in loaders if hasattr(loader, "skipped")]
+    return {"skipped_images": sum(counts)} if counts else {}
 
 
 def run_evaluation(cfg: DictConfig, data: RunData, model: PreparedModel, run: StageRun) -> dict[str, Any]:

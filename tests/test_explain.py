@@ -289,6 +289,12 @@ def test_explain_fills_every_class_row_of_a_sorted_moved_image_folder(folder_run
     again = explain_checkpoints(explain_config(ckpt, tmp_path / "again", f"data.path={moved}",
                                                "explain.pool=20", "explain.per_class=1", "explain.steps=4"))
     assert again["test_indices"] == summary["test_indices"]  # seeded
+    streamed = explain_checkpoints(explain_config(ckpt, tmp_path / "stream", f"data.path={moved}",
+                                                  "data.storage=stream", "explain.pool=20",
+                                                  "explain.per_class=1", "explain.steps=4"))
+    assert streamed["test_indices"] == summary["test_indices"]  # the same files, decoded on demand
+    streamed_maps = torch.load(tmp_path / "stream" / "maps.pt", weights_only=True)["runs"]
+    assert all(torch.allclose(streamed_maps[label]["maps"], run["maps"]) for label, run in maps["runs"].items())
 
 
 def test_eval_reads_a_moved_image_folder_by_path_or_root(folder_run, tmp_path):

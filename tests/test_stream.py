@@ -133,7 +133,7 @@ def test_an_unreadable_image_is_one_line_or_skipped_and_counted(tmp_path, worker
     loader = train_loader(skipping, 0)
     with caplog.at_level(logging.WARNING, logger="labkit.data.stream"):
         batches = epochs(loader, 2)
-    assert sum(len(b.targets) for b in batches) == 2 * 12 and loader.skipped == 2
+    assert sum(len(b.targets) for b in batches) == 2 * 12 and loader.skipped == 1  # distinct files
     assert "skipped 1 unreadable image(s)" in caplog.text and str(bad) in caplog.text
 
 
@@ -154,14 +154,17 @@ def test_streamed_statistics_come_from_a_seeded_sample(folder, monkeypatch):
 
 
 @pytest.mark.slow
-def test_train_py_streams_an_image_folder(folder, tmp_path):
+def test_train_py_streams_an_image_folder(tmp_path):
+    folder = write_folder(tmp_path / "imgs")
+    (folder / "train" / "b" / "zz-broken.jpg").write_bytes(b"not a jpeg")
     result = run_cli("train.py", "data=imagefolder", f"data.path={folder}", "data.storage=stream",
                      "data.num_classes=3", "data.image_size=12", "data.val_size=4", "data.batch_size=8",
-                     "data.num_workers=1", "model=mlp", "trainer.epochs=1", "trainer.device=cpu",
-                     f"paths.log_dir={tmp_path}", "logger=none")
+                     "data.num_workers=1", "data.skip_bad_images=true", "model=mlp", "trainer.epochs=1",
+                     "trainer.device=cpu", f"paths.log_dir={tmp_path}", "logger=none")
     assert result.returncode == 0, result.stderr[-2000:]
     said = result.stdout + result.stderr
     assert "streamed from the files by DataLoader workers (data.storage=stream)" in said
     summary = json.loads(next((tmp_path / "train" / "runs").glob("*/summary.json")).read_text())
-    assert summary["status"] == "completed" and summary["train_size"] == 23
+    assert summary["status"] == "completed" and summary["train_size"] == 24  # the broken file counts here
+    assert summary["skipped_images"] == 1  # the broken file, counted once over train/val/test
     assert summary["data_fingerprint"].startswith("files:")

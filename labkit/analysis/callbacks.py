@@ -10,22 +10,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from labkit.analysis.grad_monitor import GradientMonitor
 from labkit.analysis.wandb_watch import WandbWatch
-from labkit.data.loader import Batch
+from labkit.data.loader import Batch, EpochLoader
 from labkit.engine.engine import Callback
 
 
 def probe_batch(datamodule: Any, size: int) -> Batch:
     """The first ``size`` training images, unaugmented: the same fixed batch in every probe.
 
-    Slicing the in-memory split draws no random numbers, so the probe leaves the shuffling
-    of the training run untouched. Loaders without an in-memory tensor give their first
-    (unshuffled) validation batch instead.
+    Taking images by index draws no random numbers, so the probe leaves the shuffling of the
+    training run untouched (a streamed folder decodes just these files). Loaders of other
+    kinds give their first (unshuffled) validation batch instead.
     """
     loader = datamodule.loader("train")
-    if hasattr(loader, "images") and hasattr(loader, "normalise"):
-        n = min(int(size), loader.num_samples)
-        index = torch.arange(n, device=loader.images.device)
-        return Batch(loader.normalise(loader.images[:n]), loader.targets[:n], index)
+    if isinstance(loader, EpochLoader):
+        index = torch.arange(min(int(size), loader.num_samples), device=loader.device)
+        return Batch(loader.normalise(loader.images_at(index)), loader.targets[index], index)
     batch = next(iter(datamodule.loader("val")))
     return Batch(*(t[:size] for t in batch))
 

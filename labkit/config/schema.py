@@ -333,6 +333,11 @@ _ROOT = {
 # in the order of checking: what others interpolate (paths, trainer.epochs, data shapes) first
 _RUN = {"paths": PATHS, "trainer": TRAINER, "data": DATA, "optimizer": OPTIMIZER, "scheduler": SCHEDULER,
         "logger": LOGGER}
+#: eval.py's and explain.py's ``data`` keys: each replaces the checkpoint's value when set
+REBUILT_DATA = Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
+                     "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True),
+                     "storage": Choice(STORAGES, null=True)})
+
 ENTRY_POINTS: dict[str, Node] = {
     "train": Node({**_ROOT, **_RUN, "model": MODEL, "analysis": ANALYSIS}),
     "distill": Node({**_ROOT, **_RUN, "teacher": MODEL, "student": MODEL, "distill": DISTILL}),
@@ -340,8 +345,7 @@ ENTRY_POINTS: dict[str, Node] = {
         "task_name": Text(),
         "ckpt_path": CHECKPOINT,
         "trainer": Node({"device": DEVICE}),
-        "data": Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
-                      "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True)}),
+        "data": REBUILT_DATA,
         "paths": PATHS,
     }, renamed={"device": "trainer.device"}),
     "explain": Node({
@@ -351,8 +355,7 @@ ENTRY_POINTS: dict[str, Node] = {
             isinstance(v, list | tuple) and len(v) > 0 and all(isinstance(p, str) and p for p in v)),
             what="a checkpoint or run folder, or a list of them"),
         "trainer": Node({"device": DEVICE}),
-        "data": Node({"root": Text(null=True, what="a path"), "path": Text(null=True, what="a path"),
-                      "download": Bool(null=True), "eval_batch_size": Int(min=1, null=True)}),
+        "data": REBUILT_DATA,
         "paths": PATHS,
         "explain": Node({
             "method": Choice(EXPLAIN_METHODS),

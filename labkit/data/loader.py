@@ -119,6 +119,10 @@ class EpochLoader:
         """Batches ``start_batch``, ``start_batch + 1``, ... of the epoch (see :meth:`epoch_batches`)."""
         raise NotImplementedError
 
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """The split's uint8 images at ``index``, not augmented (explain.py's chosen images)."""
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[Batch]:
         """One epoch, or the rest of the one :meth:`load_state_dict` restored."""
         start, generator_state = self._resume
@@ -175,3 +179,6 @@ class TensorLoader(EpochLoader):
     def iter_from(self, start_batch: int, generator_state: torch.Tensor | None = None) -> Iterator[Batch]:
         for index in self.epoch_batches(start_batch, generator_state):
             yield self.finish(self.images[index], self.targets[index], index)
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]

@@ -106,8 +106,9 @@ class StreamLoader(EpochLoader):
     """A loader with :class:`~labkit.data.loader.TensorLoader`'s interface and batches over
     files decoded by ``num_workers`` persistent worker processes (0: in the main process).
 
-    ``skip_bad_images``: an unreadable file is left out of its batch and counted (``skipped``)
-    instead of stopping the run with a :class:`DataError` that names it.
+    ``skip_bad_images``: an unreadable file is left out of its batch and counted (``skipped``:
+    the distinct files, however many epochs meet them) instead of stopping the run with a
+    :class:`DataError` that names it.
     """
 
     def __init__(self, files: ImageFiles, targets: torch.Tensor, batch_size: int, mean: Sequence[float],
@@ -119,7 +120,7 @@ class StreamLoader(EpochLoader):
         self.files = files
         self.targets = targets.to(self.device)
         self.skip_bad_images = bool(skip_bad_images)
-        self.skipped = 0  # unreadable files left out so far (with skip_bad_images)
+        self.bad_files: set[int] = set()  # unreadable files left out so far (with skip_bad_images)
         self.plan = PlannedBatches()
         workers = int(num_workers)
         self.data_loader = DataLoader(
@@ -149,9 +150,23 @@ class StreamLoader(EpochLoader):
             if not (skippable and self.skip_bad_images):
                 hint = "; set data.skip_bad_images=true to skip such files" if skippable else ""
                 raise DataError(reason + hint)
-        self.skipped += len(failed)
+        self.bad_files.update(i for i, _, _ in failed)
         log.warning("skipped %d unreadable image(s), %d so far in this loader: %s", len(failed),
                     self.skipped, failed[0][1])
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct files were left out as unreadable (``skip_bad_images``)."""
+        return len(self.bad_files)
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``index``, decoded here (explain.py's few test images); an
+        unreadable one stops with its one line whatever ``skip_bad_images`` says."""
+        decoded = [self.files[int(i)] for i in index.tolist()]
+        for image, _, error in decoded:
+            if image is None:
+                raise DataError(error[0])
+        return torch.stack([image for image, _, _ in decoded]).to(self.device)
 
 
 # -- memory or stream -------------------------------------------------------------------------

@@ -311,12 +311,9 @@ def choose_images(runs: Sequence[Explained], cfg: DictConfig) -> Shown:
     and wrongly classified images among ``explain.pool`` test images drawn evenly over the classes."""
     datamodule = runs[0].run.datamodule()
     loader = datamodule.loader("test")
-    if not hasattr(loader, "images"):  # labkit.data.stream.StreamLoader: the files, not a tensor
-        raise ConfigError("explain.py draws its images from the test set in memory; this run streams "
-                          "its image folder (data.storage=stream), which explain.py does not support yet")
     pool = min(int(cfg.explain.pool), loader.num_samples)
     where = pool_indices(loader.targets, datamodule.num_classes, pool, int(cfg.explain.seed))
-    images, targets = loader.images[where], loader.targets[where]
+    images, targets = loader.images_at(where), loader.targets[where]
     per_class, slots = int(cfg.explain.per_class), None
     if len(runs) > 1:
         chosen = select_per_class(targets, datamodule.num_classes, 2 * per_class)
