@@ -228,6 +228,7 @@ def build_engine(cfg: DictConfig, prepared: PreparedModel, rt: Runtime, *, train
         criterion=criterion or criterion_for(cfg),
         scheduler_interval=scheduler_interval(cfg),
         eval_flip=bool(OmegaConf.select(trainer, "eval_flip", default=False)),
+        eval_translate=int(OmegaConf.select(trainer, "eval_translate", default=0)),
         ema=ema_settings(cfg) if train else None,
         trackers=trackers or TrackerGroup(),
         callbacks=callbacks or [],

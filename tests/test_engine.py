@@ -104,6 +104,25 @@ def test_eval_flip_averages_each_image_with_its_mirror():
     assert flipped["loss"] != pytest.approx(Engine(model, None).evaluate(loader)["loss"], rel=1e-5)
 
 
+def test_eval_translate_adds_two_shifted_mirrored_views_at_half_weight():
+    torch.manual_seed(0)
+    model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=16)
+    loader = tiny_loader()
+    x = (loader.images.float() / 255 - 0.5) / 0.25
+
+    def mirrored(v):
+        return (model(v) + model(v.flip(-1))) / 2
+
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    with torch.no_grad():
+        expected = mirrored(x) / 2 + (mirrored(padded[..., :8, :8]) + mirrored(padded[..., 2:, 2:])) / 4
+        got = Engine(model, None, eval_flip=True, eval_translate=1).logits(model, x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, Engine(model, None, eval_flip=True).logits(model, x), atol=1e-3)
+    with pytest.raises(ValueError, match=">= 0 pixels"):
+        Engine(model, None, eval_translate=-1)
+
+
 def test_per_step_schedule_steps_after_every_batch():
     torch.manual_seed(0)
     model = FlexibleMLP(input_shape=(1, 8, 8), depth=1, width=16)

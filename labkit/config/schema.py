@@ -248,6 +248,7 @@ TRAINER = Node({
     "grad_clip": Number(min=0, min_open=True, null=True),
     "label_smoothing": FRACTION,
     "eval_flip": Bool(),
+    "eval_translate": Int(min=0),
     "ema": Node({
         "decay": Number(min=0, max=1, min_open=True, max_open=True, null=True),
         "start_step": Int(min=0),

@@ -91,6 +91,7 @@ class Engine:
         dist: DistContext | None = None,
         scheduler_interval: str = "epoch",
         eval_flip: bool = False,
+        eval_translate: int = 0,
         ema: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
@@ -111,6 +112,9 @@ class Engine:
             raise ValueError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
         self.step_scheduler_per_batch = scheduler is not None and scheduler_interval == "step"
         self.eval_flip = eval_flip
+        if int(eval_translate) < 0:
+            raise ValueError(f"eval_translate must be >= 0 pixels, got {eval_translate}")
+        self.eval_translate = int(eval_translate)
         self.epochs = int(epochs)
         self.criterion = criterion
         self.trackers = trackers if isinstance(trackers, TrackerGroup) else TrackerGroup(trackers)
@@ -139,13 +143,23 @@ class Engine:
         return autocast(self.device, self.precision)
 
     def logits(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """``model``'s logits as evaluation computes them: under the run's autocast and, with
-        ``eval_flip``, averaged with those of the mirror images (test-time flip)."""
+        """``model``'s logits as evaluation computes them, under the run's autocast. Test-time
+        augmentation: ``eval_flip`` averages them with the mirror images'; ``eval_translate = p``
+        then averages that half and half with the mean over two copies shifted by ``p`` pixels
+        (up-left and down-right, reflect-padded), airbench's ``infer_mirror_translate``
+        (KellerJordan/cifar10-airbench, airbench94.py)."""
         with self.autocast():
-            out = model(inputs)
-            if self.eval_flip:
-                out = (out + model(inputs.flip(-1))) / 2
+            out = self._mirrored(model, inputs)
+            if self.eval_translate:
+                p, (h, w) = self.eval_translate, inputs.shape[-2:]
+                padded = F.pad(inputs, (p, p, p, p), mode="reflect")
+                shifted = (padded[..., :h, :w], padded[..., 2 * p :, 2 * p :])
+                out = (out + sum(self._mirrored(model, x) for x in shifted) / 2) / 2
         return out
+
+    def _mirrored(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        out = model(inputs)
+        return (out + model(inputs.flip(-1))) / 2 if self.eval_flip else out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
