@@ -105,6 +105,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg, "eval")
     run = rebuild_run(cfg.ckpt_path, cfg.data, eval_device(cfg))
     ckpt_path, state, run_cfg, rt = run.path, run.state, run.config, run.rt
+    for key in ("eval_flip", "eval_translate"):  # test-time augmentation: this command's when set
+        if OmegaConf.select(cfg, f"trainer.{key}") is not None:
+            OmegaConf.update(run_cfg, f"trainer.{key}", cfg.trainer[key], force_add=True)
     datamodule = run.datamodule()
     prepared = run.model()
     engine = build_engine(run_cfg, prepared, rt, train=False)
@@ -123,6 +126,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         for i, acc in enumerate(per_class):
             writer.writerow([i, int(matrix[i].sum()), "" if acc is None else f"{acc:.6f}"])
     result = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), **prepared.info(),
+              "eval_flip": bool(run_cfg.trainer.get("eval_flip", False)),
+              "eval_translate": int(run_cfg.trainer.get("eval_translate", 0)),
               "test_loss": test["loss"],
               "test_acc": test["acc"], "per_class_acc": per_class,
               "confusion_matrix": matrix.tolist(), "data_fingerprint": datamodule.fingerprint}

@@ -301,10 +301,16 @@ def test_eval_reads_a_moved_image_folder_by_path_or_root(folder_run, tmp_path):
     from labkit.evaluation import evaluate_checkpoint
 
     ckpt, moved = folder_run
-    for override in (f"data.path={moved}", f"data.root={moved.parent}"):
-        cfg = compose_config([f"ckpt_path={ckpt}", override], tmp_path / override[5:9], config_name="eval")
-        result = evaluate_checkpoint(cfg)
-        assert sum(sum(row) for row in result["confusion_matrix"]) == 60
+    results = {}
+    for name, *overrides in (("path", f"data.path={moved}"), ("root", f"data.root={moved.parent}"),
+                             ("stream", f"data.path={moved}", "data.storage=stream"),
+                             ("tta", f"data.path={moved}", "trainer.eval_flip=true", "trainer.eval_translate=1")):
+        cfg = compose_config([f"ckpt_path={ckpt}", *overrides], tmp_path / name, config_name="eval")
+        results[name] = evaluate_checkpoint(cfg)
+        assert sum(sum(row) for row in results[name]["confusion_matrix"]) == 60
+    assert results["stream"]["test_loss"] == pytest.approx(results["path"]["test_loss"], rel=1e-5)
+    assert results["path"]["eval_translate"] == 0 and results["tta"]["eval_translate"] == 1
+    assert results["tta"]["eval_flip"] and results["tta"]["test_loss"] != results["path"]["test_loss"]
 
 
 def test_data_path_on_a_run_without_a_folder_is_one_clear_error(bad_inputs, tmp_path):
