@@ -294,7 +294,8 @@ def test_explain_fills_every_class_row_of_a_sorted_moved_image_folder(folder_run
                                                   "explain.per_class=1", "explain.steps=4"))
     assert streamed["test_indices"] == summary["test_indices"]  # the same files, decoded on demand
     streamed_maps = torch.load(tmp_path / "stream" / "maps.pt", weights_only=True)["runs"]
-    assert all(torch.allclose(streamed_maps[label]["maps"], run["maps"]) for label, run in maps["runs"].items())
+    assert all(torch.allclose(streamed_maps[label]["maps"], run["maps"])
+               for label, run in maps["runs"].items())
 
 
 def test_eval_reads_a_moved_image_folder_by_path_or_root(folder_run, tmp_path):
@@ -304,7 +305,8 @@ def test_eval_reads_a_moved_image_folder_by_path_or_root(folder_run, tmp_path):
     results = {}
     for name, *overrides in (("path", f"data.path={moved}"), ("root", f"data.root={moved.parent}"),
                              ("stream", f"data.path={moved}", "data.storage=stream"),
-                             ("tta", f"data.path={moved}", "trainer.eval_flip=true", "trainer.eval_translate=1")):
+                             ("tta", f"data.path={moved}", "trainer.eval_flip=true",
+                              "trainer.eval_translate=1")):
         cfg = compose_config([f"ckpt_path={ckpt}", *overrides], tmp_path / name, config_name="eval")
         results[name] = evaluate_checkpoint(cfg)
         assert sum(sum(row) for row in results[name]["confusion_matrix"]) == 60

@@ -345,7 +345,8 @@ ENTRY_POINTS: dict[str, Node] = {
     "eval": Node({
         "task_name": Text(),
         "ckpt_path": CHECKPOINT,
-        "trainer": Node({"device": DEVICE, "eval_flip": Bool(null=True), "eval_translate": Int(min=0, null=True)}),
+        "trainer": Node({"device": DEVICE, "eval_flip": Bool(null=True),
+                         "eval_translate": Int(min=0, null=True)}),
         "data": REBUILT_DATA,
         "paths": PATHS,
     }, renamed={"device": "trainer.device"}),

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from labkit.data.base import ImageDataModule, RawSplits
-from labkit.data.stream import ImageFiles, StreamLoader, choose_storage
+from labkit.data.stream import ImageFiles, StreamLoader, choose_storage, wrong_size
 from labkit.errors import DataError
 from labkit.io import atomic_write
 
@@ -74,8 +74,7 @@ def decode_image(path: Path, channels: int, size: int, resize: bool) -> torch.Te
         raise DataError(f"cannot decode {path} ({exc})") from exc
     if image.size != (size, size):
         if not resize:
-            raise DataError(f"{path} is {image.size[0]}x{image.size[1]}, not {size}x{size}; set "
-                            f"data.resize=true or data.image_size to the images' size")
+            raise DataError(wrong_size(path, *image.size, size))
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     return pixels[None] if channels == 1 else pixels.permute(2, 0, 1).contiguous()

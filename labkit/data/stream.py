@@ -67,11 +67,16 @@ class ImageFiles(Dataset):
             return None, i, (f"cannot decode {path} ({reason})", True)
         if tuple(image.shape[-2:]) != (self.size, self.size):
             if not self.resize:
-                size = f"{self.size}x{self.size}"
-                return None, i, (f"{path} is {image.shape[-1]}x{image.shape[-2]}, not {size}; "
-                                 f"set data.resize=true or data.image_size to the images' size", False)
+                return None, i, (wrong_size(path, image.shape[-1], image.shape[-2], self.size), False)
             image = resize_image(image, [self.size, self.size], antialias=True)
         return image, i, None
+
+
+def wrong_size(path: str | Path, width: int, height: int, size: int) -> str:
+    """The one line for an image of another size than ``data.image_size`` with ``data.resize=false``
+    (both paths say it alike)."""
+    return (f"{path} is {width}x{height}, not {size}x{size}; set data.resize=true or data.image_size "
+            f"to the images' size")
 
 
 def collate(samples: list[tuple[torch.Tensor | None, int, tuple[str, bool] | None]]
