@@ -99,12 +99,7 @@ class Engine:
         # Under DDP the wrapped module runs the training steps (it synchronises gradients);
         # self.model stays the plain module for evaluation and state_dict keys.
         self.dist = dist or DistContext()
-        self.train_module: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_module = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_module = self._training_module()
         self.optimizer, self.scheduler = optimizer, scheduler
         # trainer.ema: {decay, start_step, every}; the average is built on the training device
         self.ema = WeightAverage(self.model, **ema) if ema and optimizer is not None else None
@@ -138,6 +133,15 @@ class Engine:
         self._loader_state: dict[str, Any] | None = None  # from load_state_dict, applied by fit
 
     # -- helpers -----------------------------------------------------------------------------
+    def _training_module(self) -> nn.Module:
+        """The model itself, or under DDP its wrapper, which synchronises the gradients."""
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
     def autocast(self) -> torch.autocast:
         """bf16 autocast when the run is bf16 (autocast switched off in fp32)."""
         return autocast(self.device, self.precision)
